@@ -1,0 +1,393 @@
+"""The framework-agnostic accounting core: per-step observations in, energy, CO2e, MFU and run files out.
+
+Adapters (Lightning, Keras, Flax) turn their hooks into `Accountant.update(...)` calls; everything they log or
+write comes from `Accountant.metrics()` and `Accountant.summary()`, so the three report the same numbers.
+Per-step work is in-memory arithmetic; records are written to the run directory in batches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
+from carbon_callbacks._site import Site
+from carbon_callbacks._tables import Chip, get_chip
+
+#: Energy components an observation may carry. `host` is the accelerator's modeled share of the host
+#: (CPU, memory, network, fans), as the paper's "system power" includes it.
+COMPONENTS = ("gpu", "tpu", "cpu", "dram", "host")
+#: Additive totals reduced across ranks (data-parallel workers), in this order.
+REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens")
+
+_METHOD = re.compile(r"^(measured|modeled):\S+$|^given$")
+_J_PER_KWH = 3.6e6
+SCHEMA_VERSION = 1
+
+
+def _check_method(field: str, method: str) -> str:
+    if not isinstance(method, str) or not _METHOD.match(method):
+        raise InvalidInputError(
+            f"{field} must be 'measured:<sensor>', 'modeled:<assumption>' or 'given', got {method!r}."
+        )
+    return method
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Accountant:
+    """Keeps a run's running totals and turns them into kWh, gross and net CO2e, MFU and energy per token.
+
+    Args:
+        site: PUE and carbon intensities (see `resolve_site`).
+        chip: the accelerator (a `Chip` or a name from the chips table), used for MFU and reports.
+            Defaults to `None`.
+        num_chips: chips the run uses in total, over all ranks. Defaults to `1`.
+        dtype: the dtype whose dense peak FLOP/s defines MFU. Defaults to `"bf16"`.
+        peak_flops: dense peak FLOP/s of one chip, overriding the table. Defaults to `None`.
+        output_dir: where `run.json` and `steps.jsonl` go; `None` writes nothing (non-zero ranks). Defaults to `None`.
+        flush_every: steps buffered in memory before they are appended to the step log. Defaults to `100`.
+        flush_seconds: the longest time records wait in memory, in seconds. Defaults to `60`.
+        world_size: ranks (data-parallel processes) in the run. Defaults to `1`.
+
+    Example:
+        >>> from carbon_callbacks import Accountant, resolve_site
+        >>> acct = Accountant(resolve_site(intensity=0.4, pue=1.1))
+        >>> _ = acct.update(seconds=1.0, energy_j={"cpu": 3.6e6}, energy_method="given")
+        >>> round(acct.summary()["gross_co2e_kg"], 3)
+        0.44
+
+    Notes:
+        `model_flops` and `hardware_flops` are per observation, summed over the ranks' local work. `None` means
+        "not measured", never 0. Totals from other ranks enter through `set_global_totals`.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        *,
+        chip: str | Chip | None = None,
+        num_chips: int = 1,
+        dtype: str = "bf16",
+        peak_flops: float | None = None,
+        output_dir: str | Path | None = None,
+        flush_every: int = 100,
+        flush_seconds: float = 60.0,
+        world_size: int = 1,
+    ) -> None:
+        if not isinstance(site, Site):
+            raise InvalidInputError(f"site must be a Site (see resolve_site), got {type(site).__name__}.")
+        self.site = site
+        self.chip = get_chip(chip) if isinstance(chip, str) else chip
+        self.num_chips = check_count("num_chips", num_chips)
+        self.world_size = check_count("world_size", world_size)
+        self.dtype = dtype
+        if peak_flops is not None:
+            self.peak_flops: float | None = check_number("peak_flops", peak_flops, positive=True)
+            self.peak_source = "given"
+        elif self.chip is not None and dtype.lower() in self.chip.peak_tflops:
+            self.peak_flops = self.chip.peak_flops(dtype)
+            self.peak_source = f"table:chips/{self.chip.name} dense {dtype.lower()} {self.chip.source}"
+        else:
+            self.peak_flops, self.peak_source = None, "unknown (no chip with a peak for this dtype)"
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.flush_every = check_count("flush_every", flush_every)
+        self.flush_seconds = check_number("flush_seconds", flush_seconds, positive=True)
+        self.info: dict = {}
+        self.reset()
+
+    # ----------------------------------------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Clears every total and buffered record: call at the start of a run to reuse one instance."""
+        self.steps = 0
+        self.seconds = 0.0
+        self.seconds_with_model_flops = 0.0
+        self.energy_j = dict.fromkeys(COMPONENTS, 0.0)
+        self.methods: dict[str, str] = {}
+        self.model_flops: float | None = None
+        self.hardware_flops: float | None = None
+        self.tokens: float | None = None
+        self.last_model_flops: float | None = None
+        self.last_seconds: float | None = None
+        self.status = "running"
+        self.started_at = _now_iso()
+        self._global: dict[str, float] | None = None
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+
+    def state_dict(self) -> dict:
+        """The totals, to be saved with a checkpoint and restored with `load_state_dict`."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "seconds_with_model_flops": self.seconds_with_model_flops,
+            "energy_j": dict(self.energy_j),
+            "methods": dict(self.methods),
+            "model_flops": self.model_flops,
+            "hardware_flops": self.hardware_flops,
+            "tokens": self.tokens,
+            "started_at": self.started_at,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continues the totals saved by `state_dict` (records already flushed stay in the old step log)."""
+        if state.get("schema_version") != SCHEMA_VERSION:
+            raise InvalidInputError(
+                f"state_dict schema_version must be {SCHEMA_VERSION}, got {state.get('schema_version')!r}."
+            )
+        self.steps = int(state["steps"])
+        self.seconds = float(state["seconds"])
+        self.seconds_with_model_flops = float(state["seconds_with_model_flops"])
+        self.energy_j = {c: float(state["energy_j"].get(c, 0.0)) for c in COMPONENTS}
+        self.methods = dict(state["methods"])
+        self.model_flops = state["model_flops"]
+        self.hardware_flops = state["hardware_flops"]
+        self.tokens = state["tokens"]
+        self.started_at = state.get("started_at", self.started_at)
+        self._buffer = []
+
+    def annotate(self, **info) -> None:
+        """Adds run facts for reports (model name, parameters, FLOP-count method, ...) to `run.json`'s `info`."""
+        self.info.update(info)
+
+    # ----------------------------------------------------------------------------------------------- input
+    def update(
+        self,
+        *,
+        seconds: float,
+        energy_j: Mapping[str, float],
+        energy_method: str | Mapping[str, str],
+        model_flops: float | None = None,
+        hardware_flops: float | None = None,
+        tokens: float | None = None,
+        loss: float | None = None,
+        step: int | None = None,
+        num_steps: int = 1,
+    ) -> dict:
+        """Adds one observation (one training step, or a window of `num_steps` steps) and returns its record.
+
+        Args:
+            seconds: wall-clock time the observation covers, in s.
+            energy_j: IT energy in J by component (`"gpu"`, `"tpu"`, `"cpu"`, `"dram"`, `"host"`), this rank only.
+            energy_method: how the energy was obtained, for all components or per component:
+                `"measured:nvml"`, `"measured:rapl"`, `"modeled:<assumption>"` or `"given"`.
+            model_flops: the model's FLOPs (activated experts only). Defaults to `None` (not counted).
+            hardware_flops: FLOPs that actually ran (recompute, padding). Defaults to `None`: same as model FLOPs.
+            tokens: tokens processed. Defaults to `None`.
+            loss: the training loss, stored with the record for plots. Defaults to `None`.
+            step: the framework's step number at the end of the observation. Defaults to `None`: this
+                accountant's step count.
+            num_steps: training steps the observation covers; FLOPs, tokens and energy are their sums.
+                Defaults to `1`.
+
+        Raises:
+            InvalidInputError: for a negative, NaN or infinite number, an unknown component or method label.
+        """
+        seconds = check_number("seconds", seconds, non_negative=True)
+        num_steps = check_count("num_steps", num_steps)
+        if not energy_j:
+            raise InvalidInputError("energy_j must name at least one component, got an empty mapping.")
+        energy = {}
+        for component, joules in energy_j.items():
+            if component not in COMPONENTS:
+                raise InvalidInputError(f"energy_j has unknown component {component!r}; valid: {', '.join(COMPONENTS)}.")
+            energy[component] = check_number(f"energy_j[{component!r}]", joules, non_negative=True)
+        if isinstance(energy_method, str):
+            methods = {c: _check_method("energy_method", energy_method) for c in energy}
+        else:
+            methods = {}
+            for c in energy:
+                if c not in energy_method:
+                    raise InvalidInputError(f"energy_method has no entry for component {c!r}.")
+                methods[c] = _check_method(f"energy_method[{c!r}]", energy_method[c])
+        if model_flops is not None:
+            model_flops = check_number("model_flops", model_flops, non_negative=True)
+        if hardware_flops is not None:
+            hardware_flops = check_number("hardware_flops", hardware_flops, non_negative=True)
+        elif model_flops is not None:
+            hardware_flops = model_flops
+        if tokens is not None:
+            tokens = check_number("tokens", tokens, non_negative=True)
+        if loss is not None:
+            loss = float(loss)  # a NaN loss is the user's to see, not ours to reject
+
+        self.steps += num_steps
+        self.seconds += seconds
+        for component, joules in energy.items():
+            self.energy_j[component] += joules
+        self.methods.update(methods)
+        if model_flops is not None:
+            self.model_flops = (self.model_flops or 0.0) + model_flops
+            self.seconds_with_model_flops += seconds
+        if hardware_flops is not None:
+            self.hardware_flops = (self.hardware_flops or 0.0) + hardware_flops
+        if tokens is not None:
+            self.tokens = (self.tokens or 0.0) + tokens
+        self.last_model_flops = None if model_flops is None else model_flops / num_steps
+        self.last_seconds = seconds / num_steps
+
+        it_j = sum(energy.values())
+        facility_kwh = self.site.facility_kwh(it_j / _J_PER_KWH)
+        totals = self.metrics()
+        record = {
+            "step": self.steps if step is None else int(step),
+            "num_steps": num_steps,
+            "time": time.time(),
+            "seconds": seconds,
+            "model_flops": model_flops,
+            "hardware_flops": hardware_flops,
+            "tokens": tokens,
+            "loss": None if loss is None or math.isnan(loss) else loss,
+            "it_energy_j": it_j,
+            **{f"energy_j_{c}": j for c, j in energy.items()},
+            "energy_method": "+".join(sorted(set(methods.values()))),
+            "step_energy_kwh": facility_kwh,
+            "step_co2e_kg": facility_kwh * self.site.gross_kg_per_kwh,
+            "energy_kwh": totals["carbon/energy_kwh"],
+            "co2e_kg": totals["carbon/co2e_kg"],
+            "co2e_net_kg": totals["carbon/co2e_net_kg"],
+            "mfu": self._mfu(model_flops, seconds, self._local_chips),
+        }
+        if self.output_dir is not None:
+            self._buffer.append(record)
+            if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+                self.flush()
+        return record
+
+    def set_global_totals(self, totals: Mapping[str, float], world_size: int) -> None:
+        """Uses totals summed over all ranks (see `local_totals`) for `summary()` and `metrics()`."""
+        self._global = {k: float(totals[k]) for k in REDUCED_FIELDS}
+        self.world_size = check_count("world_size", world_size)
+
+    def local_totals(self) -> list[float]:
+        """This rank's additive totals in `REDUCED_FIELDS` order, for a sum across ranks (None counts as 0)."""
+        return [
+            *(self.energy_j[c] for c in COMPONENTS),
+            self.model_flops or 0.0,
+            self.hardware_flops or 0.0,
+            self.tokens or 0.0,
+        ]
+
+    # ----------------------------------------------------------------------------------------------- output
+    def _totals(self) -> dict[str, float | None]:
+        if self._global is not None:
+            g = self._global
+            return {
+                "energy_j": {c: g[f"energy_j_{c}"] for c in COMPONENTS},
+                "model_flops": g["model_flops"] if self.model_flops is not None else None,
+                "hardware_flops": g["hardware_flops"] if self.hardware_flops is not None else None,
+                "tokens": g["tokens"] if self.tokens is not None else None,
+            }
+        return {
+            "energy_j": self.energy_j,
+            "model_flops": self.model_flops,
+            "hardware_flops": self.hardware_flops,
+            "tokens": self.tokens,
+        }
+
+    @property
+    def _local_chips(self) -> int:
+        """Chips of this rank (observations are per rank)."""
+        return max(self.num_chips // self.world_size, 1)
+
+    def _mfu(self, model_flops: float | None, seconds: float, chips: int) -> float | None:
+        if model_flops is None or self.peak_flops is None or seconds <= 0:
+            return None
+        return model_flops / seconds / (chips * self.peak_flops)
+
+    def metrics(self) -> dict[str, float]:
+        """The `carbon/*` metrics every adapter logs: cumulative energy and CO2e, last step's FLOPs, time, MFU."""
+        totals = self._totals()
+        facility_kwh = self.site.facility_kwh(sum(totals["energy_j"].values()) / _J_PER_KWH)
+        metrics = {
+            "carbon/energy_kwh": facility_kwh,
+            "carbon/co2e_kg": facility_kwh * self.site.gross_kg_per_kwh,
+            "carbon/co2e_net_kg": facility_kwh * self.site.net_kg_per_kwh,
+        }
+        if self.last_model_flops is not None:
+            metrics["carbon/flops"] = self.last_model_flops
+        if self.last_seconds is not None:
+            metrics["carbon/step_time_s"] = self.last_seconds
+        if (mfu := self._mfu(self.last_model_flops, self.last_seconds or 0.0, self._local_chips)) is not None:
+            metrics["carbon/mfu"] = mfu
+        return metrics
+
+    def summary(self) -> dict:
+        """The `run.json` content: totals, the site, the chip, and how every number was obtained."""
+        totals = self._totals()
+        it_j = sum(totals["energy_j"].values())
+        it_kwh = it_j / _J_PER_KWH
+        energy_kwh = self.site.facility_kwh(it_kwh)
+        model_flops, tokens = totals["model_flops"], totals["tokens"]
+        mfu = None
+        if model_flops is not None and self.peak_flops is not None and self.seconds_with_model_flops > 0:
+            mfu = model_flops / self.seconds_with_model_flops / (self.num_chips * self.peak_flops)
+        seconds = self.seconds
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "started_at": self.started_at,
+            "updated_at": _now_iso(),
+            "steps": self.steps,
+            "wall_time_s": seconds,
+            "energy_kwh": energy_kwh,
+            "it_energy_kwh": it_kwh,
+            "energy_kwh_by_component": {c: j / _J_PER_KWH for c, j in totals["energy_j"].items() if j > 0},
+            "energy_method": "+".join(sorted(set(self.methods.values()))) or None,
+            "energy_methods": dict(sorted(self.methods.items())),
+            "pue": self.site.pue,
+            "gross_kg_per_kwh": self.site.gross_kg_per_kwh,
+            "net_kg_per_kwh": self.site.net_kg_per_kwh,
+            "gross_co2e_kg": energy_kwh * self.site.gross_kg_per_kwh,
+            "net_co2e_kg": energy_kwh * self.site.net_kg_per_kwh,
+            "region": self.site.region,
+            "chip": self.chip.name if self.chip is not None else None,
+            "num_chips": self.num_chips,
+            "world_size": self.world_size,
+            "dtype": self.dtype,
+            "peak_flops_per_chip": self.peak_flops,
+            "total_model_flops": model_flops,
+            "total_hardware_flops": totals["hardware_flops"],
+            "tokens": tokens,
+            "mfu": mfu,
+            "achieved_flops_per_chip": (
+                model_flops / self.seconds_with_model_flops / self.num_chips
+                if model_flops is not None and self.seconds_with_model_flops > 0
+                else None
+            ),
+            "avg_power_w_per_chip": it_j / seconds / self.num_chips if seconds > 0 else None,
+            "energy_j_per_token": energy_kwh * _J_PER_KWH / tokens if tokens else None,
+            "sources": {
+                "pue": self.site.pue_source,
+                "gross_kg_per_kwh": self.site.gross_source,
+                "net_kg_per_kwh": self.site.net_source,
+                "peak_flops_per_chip": self.peak_source,
+            },
+            "info": dict(self.info),
+        }
+
+    # ----------------------------------------------------------------------------------------------- files
+    def flush(self) -> None:
+        """Appends buffered step records to `steps.jsonl`, then rewrites `run.json` to match them."""
+        self._last_flush = time.monotonic()
+        if self.output_dir is None:
+            self._buffer.clear()
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        append_steps(self.output_dir / STEPS_FILE, self._buffer)
+        self._buffer = []
+        write_json_atomic(self.output_dir / RUN_FILE, self.summary())
+
+    def close(self, status: str = "finished") -> dict:
+        """Marks the run `status` (`"finished"`, `"interrupted"`, `"failed"`), writes the files, returns the summary."""
+        self.status = status
+        self.flush()
+        return self.summary()

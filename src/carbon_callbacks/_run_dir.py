@@ -1,0 +1,54 @@
+"""A run directory on disk: `steps.jsonl` (one record per step, appended in batches) and `run.json` (the summary).
+
+`run.json` is replaced atomically (write a temporary file, then rename) so a reader never sees half a file, and it
+is rewritten right after each batch of steps is appended, so after a crash it agrees with the step log up to the
+last flushed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RUN_FILE = "run.json"
+STEPS_FILE = "steps.jsonl"
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Writes `payload` to `path` so that readers see either the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_steps(path: Path, records: list[dict]) -> None:
+    """Appends step records, one JSON object per line."""
+    if not records:
+        return
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
+    """Reads a run directory: its summary (`None` if `run.json` is missing) and its step records.
+
+    A last line cut short by a crash is skipped; any other unreadable line raises `ValueError` naming it.
+    """
+    run_dir = Path(run_dir)
+    summary_path = run_dir / RUN_FILE
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
+    records: list[dict] = []
+    steps_path = run_dir / STEPS_FILE
+    if steps_path.exists():
+        lines = steps_path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break  # cut short by a crash mid-write
+                raise ValueError(f"{steps_path}: line {number} is not valid JSON.") from None
+    return summary, records

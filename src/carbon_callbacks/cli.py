@@ -1,0 +1,42 @@
+"""`carbon-callbacks` command line: one subcommand per module under `carbon_callbacks/_cli/`.
+
+User errors (bad numbers, unknown names) print one line naming the field and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from carbon_callbacks._errors import CarbonCallbacksError
+
+#: Subcommand modules; each has `register(subparsers)` that adds its parser with `func=run(args) -> exit code`.
+COMMANDS = ("paper", "estimate", "tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carbon-callbacks",
+        description="Energy and CO2e of neural-network training (Patterson et al. 2021 method).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"carbon_callbacks._cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CarbonCallbacksError as err:
+        print(f"carbon-callbacks {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

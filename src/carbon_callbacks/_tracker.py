@@ -17,10 +17,13 @@ from carbon_callbacks._accounting import REDUCED_FIELDS, Accountant
 from carbon_callbacks._errors import check_count, check_number
 from carbon_callbacks._site import resolve_site
 from carbon_callbacks._tables import Chip, get_chip
+from carbon_callbacks.meters._base import Measurement
 
 log = logging.getLogger(__name__)
 
 _WINDOW = "carbon-callbacks/interval"
+#: Share of a run of known length after which the projection of its total is logged once.
+PROJECT_AFTER = 0.2
 
 
 class Tracker:
@@ -75,7 +78,17 @@ class Tracker:
         self.rank = 0
         self._warned_meter_failure = False
         self._restored_state: dict | None = None
+        self.total_steps: int | None = None
+        self._projection_records: list[dict] = []
+        self._projection_done = True
+        self._info: dict = {}
         self._reset_window()
+
+    def annotate(self, **info) -> None:
+        """Adds run facts to `run.json`'s `info` (e.g. `moe_twin=`, `training_type=`), now or at the next start."""
+        self._info.update(info)
+        if self.accountant is not None:
+            self.accountant.annotate(**info)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(
@@ -86,6 +99,8 @@ class Tracker:
         world_size: int = 1,
         rank: int = 0,
         info: dict | None = None,
+        total_steps: int | None = None,
+        num_chips: int | None = None,
     ) -> None:
         """Begins a run: a fresh accountant (or the restored totals), the meter, the first interval.
 
@@ -95,14 +110,23 @@ class Tracker:
             world_size: ranks in the run. Defaults to `1`.
             rank: this process's global rank; only rank 0 writes files. Defaults to `0`.
             info: run facts for the report (model, parameters, FLOP method). Defaults to `None`.
+            total_steps: the run's length in steps, when known (Lightning: `trainer.estimated_stepping_batches`).
+                After `PROJECT_AFTER` of it, the projected total energy and CO2e is logged once and stored in
+                `run.json` under `info["projection"]`. Defaults to `None`: the `total_steps` attribute, if set.
+            num_chips: the adapter's chip count (e.g. Keras: accelerator replicas of a `MirroredStrategy`), used
+                when the user gave none. Defaults to `None`: one chip per rank.
         """
         self.rank = rank
+        if total_steps is not None:
+            self.total_steps = check_count("total_steps", total_steps)
+        self._projection_records: list[dict] = []
+        self._projection_done = False
         self.interval = self.log_every_n_steps or check_count("log_every_n_steps", log_every_n_steps)
         directory = self.output_dir if self.output_dir is not None else output_dir
         self.accountant = Accountant(
             self.site,
             chip=self.chip,
-            num_chips=self.num_chips or world_size,
+            num_chips=self.num_chips or num_chips or world_size,
             dtype=self.dtype,
             output_dir=directory if rank == 0 else None,
             world_size=world_size,
@@ -110,10 +134,13 @@ class Tracker:
         if self._restored_state is not None:
             self.accountant.load_state_dict(self._restored_state)
             self._restored_state = None
+            self._projection_done = True  # the step log restarts mid-run: no projection for a resumed run
         if self.flops is not None:
             self.accountant.annotate(flops_method="given")
         if info:
             self.accountant.annotate(**info)
+        if self._info:
+            self.accountant.annotate(**self._info)
         if self.meter is None:
             from carbon_callbacks.meters import create_meter
 
@@ -127,6 +154,11 @@ class Tracker:
         """Where this rank writes its run files (`None` on ranks other than 0)."""
         return self.accountant.output_dir if self.accountant is not None else None
 
+    @property
+    def pending_steps(self) -> int:
+        """Steps recorded in the open interval (an adapter syncs the device only when the next one closes it)."""
+        return self._steps
+
     def step_end(
         self,
         *,
@@ -136,6 +168,7 @@ class Tracker:
         loss: float | None = None,
         step: int | None = None,
         sync: Callable[[], None] | None = None,
+        num_steps: int = 1,
     ) -> bool:
         """Records one finished training step; closes the interval when it is full.
 
@@ -143,18 +176,21 @@ class Tracker:
             model_flops: this step's model FLOPs (the tracker's `flops=` wins if given). Defaults to `None`.
             hardware_flops: this step's hardware FLOPs. Defaults to `None`.
             tokens: tokens in this step's batch. Defaults to `None`.
-            loss: this step's loss, kept for the last step of the interval. Defaults to `None`.
+            loss: this step's loss, kept for the last step of the interval; a 0-d device array is read only
+                when the interval closes, after `sync`. Defaults to `None`.
             step: the framework's global step. Defaults to `None`.
             sync: waits for the device (e.g. `torch.cuda.synchronize`) before the clock and meters are read;
                 called only when an interval closes. Defaults to `None`.
+            num_steps: training steps this call covers (Keras runs `steps_per_execution` steps per call);
+                `model_flops`, `hardware_flops` and `tokens` are then their sums. Defaults to `1`.
 
         Returns:
             True when an interval closed, i.e. fresh metrics are ready to log.
         """
         if self.flops is not None:
-            model_flops = self.flops
-            hardware_flops = hardware_flops if hardware_flops is not None else self.flops
-        self._steps += 1
+            model_flops = self.flops * num_steps
+            hardware_flops = hardware_flops if hardware_flops is not None else model_flops
+        self._steps += num_steps
         if model_flops is not None:
             self._model_flops = (self._model_flops or 0.0) + model_flops
         if hardware_flops is not None:
@@ -174,7 +210,7 @@ class Tracker:
         if sync is not None:
             sync()
         measurement = self._end_window()
-        self.accountant.update(
+        record = self.accountant.update(
             seconds=measurement.seconds,
             energy_j=measurement.energy_j,
             energy_method=measurement.methods,
@@ -185,6 +221,10 @@ class Tracker:
             step=self._step,
             num_steps=self._steps,
         )
+        if not self._projection_done:
+            self._projection_records.append(record)
+            if self.accountant.world_size == 1:
+                self._maybe_project()
         self._reset_window()
         self._begin_window()
 
@@ -192,6 +232,8 @@ class Tracker:
         """Sums the ranks' totals with the framework's collective `reduce_sum` (called on every rank)."""
         summed = reduce_sum(self.accountant.local_totals())
         self.accountant.set_global_totals(dict(zip(REDUCED_FIELDS, summed)), world_size)
+        if not self._projection_done:
+            self._maybe_project()
 
     def metrics(self) -> dict[str, float]:
         """The `carbon/*` metrics as of the last closed interval."""
@@ -227,10 +269,51 @@ class Tracker:
         """Continues from `state_dict()` totals: applied now if running, else at the next `start`."""
         if not state:
             return
-        if self.accountant is not None:
+        if self.accountant is not None and self.accountant.status == "running":
             self.accountant.load_state_dict(state)
-        else:
+        else:  # not started, or a finished run whose instance is reused: the next start continues from it
             self._restored_state = dict(state)
+
+    # ------------------------------------------------------------------------------------------- projection
+    def _maybe_project(self) -> None:
+        """Once `PROJECT_AFTER` of a run of known length (and 3 intervals) is done, logs the projected total once."""
+        acct = self.accountant
+        if (
+            self.total_steps is None
+            or acct.steps < PROJECT_AFTER * self.total_steps
+            or acct.steps >= self.total_steps
+            or len(self._projection_records) < 3  # the first is warm-up: at least two steady ones
+        ):
+            return
+        self._projection_done = True
+        records, self._projection_records = self._projection_records, []
+        try:
+            from carbon_callbacks._projection import project
+
+            projection = project(
+                records,
+                self.total_steps,
+                gross_kg_per_kwh=acct.site.gross_kg_per_kwh,
+                net_kg_per_kwh=acct.site.net_kg_per_kwh,
+            ).to_dict()
+            local_kwh = sum(r["step_energy_kwh"] for r in records)
+            global_kwh = acct.metrics()["carbon/energy_kwh"]
+            if acct.world_size > 1 and local_kwh > 0:  # the records are this rank's; scale to all ranks
+                scale = global_kwh / local_kwh
+                for key, value in projection.items():
+                    if isinstance(value, float) and ("kwh" in key or "co2e" in key):
+                        projection[key] = value * scale
+                projection["method"] += f"; scaled to {acct.world_size} ranks by their summed energy"
+        except Exception as err:  # a projection must never stop training
+            log.warning("carbon-callbacks: the projection failed: %s", err)
+            return
+        acct.annotate(projection=projection)
+        if self.rank == 0:
+            log.info(
+                "carbon-callbacks: projected after %d of %d steps: %.4g kWh [%.4g, %.4g], %.4g kg CO2e gross",
+                projection["steps_observed"], self.total_steps, projection["energy_kwh"],
+                projection["energy_kwh_low"], projection["energy_kwh_high"], projection["gross_co2e_kg"],
+            )
 
     # ------------------------------------------------------------------------------------------- internals
     def _reset_window(self) -> None:
@@ -262,8 +345,6 @@ class Tracker:
 
     def _fallback_measurement(self, seconds: float):
         """A labelled TDP x time estimate for a window whose meter failed."""
-        from carbon_callbacks.meters import Measurement
-
         chip = self.chip or get_chip("cpu")
         watts = chip.tdp_w or 0.0
         component = {"gpu": "gpu", "tpu": "tpu"}.get(chip.kind, "cpu")

@@ -159,3 +159,16 @@ def test_global_totals_from_ranks(site):
     assert summary["it_energy_kwh"] == pytest.approx(2.0)
     assert summary["total_model_flops"] == 20.0 and summary["tokens"] == 10
     assert summary["steps"] == 1 and summary["world_size"] == 2
+
+
+def test_new_run_replaces_old_step_log_and_resumed_run_appends(site, tmp_path):
+    for _ in range(2):
+        acct = Accountant(site, output_dir=tmp_path)
+        acct.update(seconds=1.0, energy_j={"cpu": 1.0}, energy_method="given")
+        acct.close()
+    assert len(read_run(tmp_path)[1]) == 1
+    resumed = Accountant(site, output_dir=tmp_path)
+    resumed.load_state_dict(acct.state_dict())
+    resumed.update(seconds=1.0, energy_j={"cpu": 1.0}, energy_method="given")
+    summary = resumed.close()
+    assert summary["steps"] == len(read_run(tmp_path)[1]) == 2

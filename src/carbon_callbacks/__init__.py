@@ -2,18 +2,25 @@
 
 The core imports only the standard library; framework adapters live in `carbon_callbacks.lightning`,
 `carbon_callbacks.keras` and `carbon_callbacks.flax` and import their framework when imported themselves.
+pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those functions are called.
 """
 
-from carbon_callbacks._accounting import COMPONENTS
 from carbon_callbacks._accounting import Accountant
-from carbon_callbacks._report import format_report
-from carbon_callbacks._tracker import Tracker
+from carbon_callbacks._accounting import COMPONENTS
 from carbon_callbacks._errors import CarbonCallbacksError
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._errors import UnknownNameError
 from carbon_callbacks._estimate import Estimate
 from carbon_callbacks._estimate import estimate
+from carbon_callbacks._load import load_run
 from carbon_callbacks._paper import reproduce_table4
+from carbon_callbacks._plot import plot_runs
+from carbon_callbacks._projection import Projection
+from carbon_callbacks._projection import project
+from carbon_callbacks._projection import project_run
+from carbon_callbacks._report import RunReport
+from carbon_callbacks._report import format_report
+from carbon_callbacks._report import read_report
 from carbon_callbacks._run_dir import read_run
 from carbon_callbacks._site import Site
 from carbon_callbacks._site import resolve_site
@@ -23,6 +30,19 @@ from carbon_callbacks._tables import Region
 from carbon_callbacks._tables import get_chip
 from carbon_callbacks._tables import get_pue
 from carbon_callbacks._tables import get_region
+from carbon_callbacks._tracker import Tracker
+from carbon_callbacks._whatif import Scenario
+from carbon_callbacks._whatif import whatif
+from carbon_callbacks.flops import FlopCount
+from carbon_callbacks.flops import MOE_IMPLEMENTATIONS
+from carbon_callbacks.flops import TransformerConfig
+from carbon_callbacks.flops import TransformerFlops
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.meters import ConstantPowerMeter
+from carbon_callbacks.meters import Measurement
+from carbon_callbacks.meters import Meter
+from carbon_callbacks.meters import create_meter
+from carbon_callbacks.flops import count as count_flops
 
 __version__ = "0.1.0"
 
@@ -31,19 +51,38 @@ __all__ = [
     "COMPONENTS",
     "CarbonCallbacksError",
     "Chip",
+    "ConstantPowerMeter",
     "Estimate",
+    "FlopCount",
     "InvalidInputError",
+    "MOE_IMPLEMENTATIONS",
+    "Measurement",
+    "Meter",
+    "Projection",
     "PueEntry",
     "Region",
+    "RunReport",
+    "Scenario",
     "Site",
     "Tracker",
+    "TransformerConfig",
+    "TransformerFlops",
     "UnknownNameError",
+    "count_flops",
+    "create_meter",
     "estimate",
     "format_report",
     "get_chip",
     "get_pue",
     "get_region",
+    "load_run",
+    "plot_runs",
+    "project",
+    "project_run",
+    "read_report",
     "read_run",
     "reproduce_table4",
     "resolve_site",
+    "transformer_flops",
+    "whatif",
 ]

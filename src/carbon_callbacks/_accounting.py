@@ -121,6 +121,7 @@ class Accountant:
         self._global: dict[str, float] | None = None
         self._buffer: list[dict] = []
         self._last_flush = time.monotonic()
+        self._fresh_run = True  # the first flush of a new (not resumed) run replaces an old step log
 
     def state_dict(self) -> dict:
         """The totals, to be saved with a checkpoint and restored with `load_state_dict`."""
@@ -153,6 +154,7 @@ class Accountant:
         self.tokens = state["tokens"]
         self.started_at = state.get("started_at", self.started_at)
         self._buffer = []
+        self._fresh_run = False
 
     def annotate(self, **info) -> None:
         """Adds run facts for reports (model name, parameters, FLOP-count method, ...) to `run.json`'s `info`."""
@@ -376,13 +378,21 @@ class Accountant:
 
     # ----------------------------------------------------------------------------------------------- files
     def flush(self) -> None:
-        """Appends buffered step records to `steps.jsonl`, then rewrites `run.json` to match them."""
+        """Appends buffered step records to `steps.jsonl`, then rewrites `run.json` to match them.
+
+        The first flush of a new run replaces the step log of an earlier run in the same directory; a run
+        restored with `load_state_dict` appends to it.
+        """
         self._last_flush = time.monotonic()
         if self.output_dir is None:
             self._buffer.clear()
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        append_steps(self.output_dir / STEPS_FILE, self._buffer)
+        steps_path = self.output_dir / STEPS_FILE
+        if self._fresh_run:
+            steps_path.unlink(missing_ok=True)
+            self._fresh_run = False
+        append_steps(steps_path, self._buffer)
         self._buffer = []
         write_json_atomic(self.output_dir / RUN_FILE, self.summary())
 

@@ -1,46 +1,448 @@
-"""The short end-of-training report: the rows of the paper's Table 4 that a run's `run.json` can fill.
+"""The report card of a run: the rows of the paper's Table 4 that its files can fill, each with how it was obtained.
 
-Each row carries how its value was obtained (measured / modeled / given / counted, and the source), so the
-printed text can be pasted into a paper as it is.
+`format_report(summary)` is the short text the adapters print at the end of training. `read_report(run_dir)` reads
+a run directory (complete, partial after a crash, or written by an older version) into a `RunReport` that says
+what it found and what is missing, and renders as text, Markdown, LaTeX or JSON. Nothing is invented: a value the
+files do not hold is listed as missing, with the reason.
+
+The card also carries the split of energy between dense and sparse (MoE) layers, apportioned by FLOPs, and the
+Hugging Face model-card `co2_eq_emissions` block (https://huggingface.co/docs/hub/model-cards-co2).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._format import fmt_number, text_table
+from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, read_run
+
+#: The `run.json` schema this version writes (see `carbon_callbacks._accounting.SCHEMA_VERSION`).
+CURRENT_SCHEMA = 1
+_J_PER_KWH = 3.6e6
+
+#: `info` keys an adapter may use for the per-step FLOPs by layer kind (from the analytic counter).
+BREAKDOWN_KEYS = ("flops_by_layer_kind", "flops_breakdown", "flops_by_kind")
+#: A layer kind whose name holds one of these words belongs to the sparse (MoE) part of the model.
+_SPARSE_WORDS = ("moe", "expert", "router", "sparse", "switch")
+SPLIT_METHOD = "estimate: apportioned by FLOPs"
+
+#: Why a row can be empty, for the "missing" list.
+_MISSING_REASON = {
+    "parameters": "run.json info has no params_total (the model was not annotated)",
+    "% parameters activated per token": "run.json info has no percent_active",
+    "processor": "no chip was given to the callback",
+    "number of processors": "not in run.json",
+    "PUE": "not in run.json",
+    "gross kg CO2e/kWh": "not in run.json",
+    "net kg CO2e/kWh": "not in run.json",
+    "average system power per processor (W)": "no energy or no wall time recorded",
+    "achieved TFLOP/s per processor": "FLOPs were not counted",
+    "MFU": "FLOPs not counted, or no dense peak FLOP/s for the chip and dtype",
+    "training time (h)": "not in run.json",
+    "total model FLOPs": "FLOPs were not counted",
+    "energy (kWh, facility)": "no energy recorded",
+    "gross kg CO2e": "no energy recorded",
+    "net kg CO2e": "no energy recorded",
+    "gross tCO2e": "no energy recorded",
+    "net tCO2e": "no energy recorded",
+}
 
 
 def table4_rows(summary: dict) -> list[tuple[str, object, str]]:
     """(row, value, how it was obtained) for each Table 4 row the summary can fill; missing values are `None`."""
-    sources = summary.get("sources", {})
-    info = summary.get("info", {})
+    sources = summary.get("sources") or {}
+    info = summary.get("info") or {}
     hours = summary["wall_time_s"] / 3600.0 if summary.get("wall_time_s") is not None else None
     achieved = summary.get("achieved_flops_per_chip")
+    gross_kg, net_kg = summary.get("gross_co2e_kg"), summary.get("net_co2e_kg")
+    world = summary.get("world_size")
+    power_how = summary.get("energy_method") or ""
     rows = [
         ("parameters", info.get("params_total"), info.get("params_source", "")),
         ("% parameters activated per token", info.get("percent_active"), info.get("params_source", "")),
         ("processor", summary.get("chip"), "given" if summary.get("chip") else ""),
-        ("number of processors", summary.get("num_chips"), f"world size {summary.get('world_size')}"),
+        ("number of processors", summary.get("num_chips"), f"world size {world}" if world is not None else ""),
         ("PUE", summary.get("pue"), sources.get("pue", "")),
         ("gross kg CO2e/kWh", summary.get("gross_kg_per_kwh"), sources.get("gross_kg_per_kwh", "")),
         ("net kg CO2e/kWh", summary.get("net_kg_per_kwh"), sources.get("net_kg_per_kwh", "")),
-        ("average system power per processor (W)", summary.get("avg_power_w_per_chip"), summary.get("energy_method") or ""),
+        ("average system power per processor (W)", summary.get("avg_power_w_per_chip"), power_how),
         ("achieved TFLOP/s per processor", achieved / 1e12 if achieved else None, info.get("flops_method", "")),
         ("MFU", summary.get("mfu"), sources.get("peak_flops_per_chip", "")),
         ("training time (h)", hours, "measured: wall clock"),
         ("total model FLOPs", summary.get("total_model_flops"), info.get("flops_method", "")),
         ("energy (kWh, facility)", summary.get("energy_kwh"), f"IT energy x PUE; {summary.get('energy_method')}"),
-        ("gross kg CO2e", summary.get("gross_co2e_kg"), "energy x gross intensity"),
-        ("net kg CO2e", summary.get("net_co2e_kg"), "energy x net intensity"),
+        ("gross kg CO2e", gross_kg, "energy x gross intensity"),
+        ("net kg CO2e", net_kg, "energy x net intensity"),
+        ("gross tCO2e", gross_kg / 1000.0 if gross_kg is not None else None, "energy x gross intensity"),
+        ("net tCO2e", net_kg / 1000.0 if net_kg is not None else None, "energy x net intensity"),
     ]
     return rows
 
 
+# ------------------------------------------------------------------------------------------- dense vs sparse
+def flops_breakdown(info: dict) -> dict[str, float] | None:
+    """The per-step FLOPs by layer kind an adapter stored in `info`, or `None` (hardware FLOPs preferred).
+
+    Accepts `{kind: flops}` or `{"hardware": {kind: flops}, "model": {kind: flops}}` under any of `BREAKDOWN_KEYS`.
+    """
+    for key in BREAKDOWN_KEYS:
+        value = info.get(key)
+        if isinstance(value, dict) and value:
+            for nested in ("hardware", "model"):
+                if isinstance(value.get(nested), dict):
+                    value = value[nested]
+                    break
+            numbers = {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and v >= 0}
+            return numbers or None
+    return None
+
+
+def is_sparse_kind(kind: str) -> bool:
+    """Whether a layer kind (e.g. `"moe_experts"`, `"router"`) belongs to the sparse (MoE) layers."""
+    return any(word in kind.lower() for word in _SPARSE_WORDS)
+
+
+def energy_split(summary: dict) -> list[dict] | None:
+    """The run's energy and CO2e split between dense and sparse (MoE) layers, apportioned by FLOPs.
+
+    Returns:
+        One dict per part (`"dense"`, `"sparse (MoE)"`) with `flops_share`, `energy_kwh`, `gross_co2e_kg`,
+        `net_co2e_kg` and `method`; `None` unless the model has both parts and the run has an energy total.
+    """
+    breakdown = flops_breakdown(summary.get("info") or {})
+    energy = summary.get("energy_kwh")
+    if breakdown is None or energy is None:
+        return None
+    sparse = sum(v for k, v in breakdown.items() if is_sparse_kind(k))
+    dense = sum(v for k, v in breakdown.items() if not is_sparse_kind(k))
+    total = sparse + dense
+    if sparse <= 0 or dense <= 0:
+        return None
+    parts = []
+    for name, flops in (("dense", dense), ("sparse (MoE)", sparse)):
+        share = flops / total
+        part = {"part": name, "flops_share": share, "energy_kwh": energy * share, "method": SPLIT_METHOD}
+        for key in ("gross_co2e_kg", "net_co2e_kg"):
+            part[key] = summary[key] * share if summary.get(key) is not None else None
+        parts.append(part)
+    return parts
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face
+def hf_co2_block(summary: dict, *, training_type: str | None = None, location: str | None = None) -> dict:
+    """The model-card `co2_eq_emissions` metadata (https://huggingface.co/docs/hub/model-cards-co2).
+
+    `emissions` is the gross CO2e in grams (the field has room for one number; the source names the net one).
+    Fields the run does not know (training type, a location when only an intensity was given, the chip) are
+    left out rather than guessed; pass `training_type` / `location` to fill them.
+    """
+    info = summary.get("info") or {}
+    gross, net = summary.get("gross_co2e_kg"), summary.get("net_co2e_kg")
+    block: dict = {}
+    if gross is not None:
+        block["emissions"] = float(f"{gross * 1000.0:.6g}")  # grams, 6 significant figures
+    source = "carbon-callbacks (Patterson et al. 2021 method): gross CO2e = facility energy x grid intensity"
+    if summary.get("energy_method"):
+        source += f"; energy {summary['energy_method']}"
+    if net is not None:
+        source += f"; net CO2e {net * 1000.0:.6g} g"
+    block["source"] = source
+    training_type = training_type or info.get("training_type")
+    if training_type:
+        block["training_type"] = training_type
+    location = location or summary.get("region")
+    if location:
+        block["geographical_location"] = location
+    if summary.get("chip"):
+        block["hardware_used"] = f"{summary.get('num_chips') or 1} x {summary['chip']}"
+    return block
+
+
+def hf_yaml(block: dict) -> str:
+    """The `co2_eq_emissions` block as model-card YAML, with comments naming the fields left out."""
+    lines = ["co2_eq_emissions:"]
+    for key in ("emissions", "source", "training_type", "geographical_location", "hardware_used"):
+        if key in block:
+            value = block[key]
+            lines.append(f"  {key}: {json.dumps(value) if isinstance(value, str) else value}")
+        else:
+            lines.append(f"  # {key}: not recorded by this run")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- projection text
+def projection_line(summary: dict) -> str | None:
+    """One line on the projection logged during the run, compared with the final figure when the run finished."""
+    proj = (summary.get("info") or {}).get("projection")
+    if not isinstance(proj, dict) or proj.get("energy_kwh") is None:
+        return None
+    text = (
+        f"projection after {proj.get('steps_observed')} of {proj.get('total_steps')} steps: "
+        f"{fmt_number(proj['energy_kwh'])} kWh [{fmt_number(proj.get('energy_kwh_low'))}, "
+        f"{fmt_number(proj.get('energy_kwh_high'))}], {fmt_number(proj.get('gross_co2e_kg'))} kg CO2e gross"
+    )
+    final = summary.get("energy_kwh")
+    if summary.get("status") == "finished" and summary.get("steps") == proj.get("total_steps") and final:
+        text += f"; final {fmt_number(final)} kWh ({proj['energy_kwh'] / final - 1.0:+.1%} off)"
+    return text
+
+
+def _first_source(how: str) -> str:
+    """The first of several ` ; `-separated source URLs, for a terminal-width table (JSON keeps them all)."""
+    first, _, rest = str(how).partition(" ; ")
+    return first + (" ; ..." if rest else "")
+
+
 def format_report(summary: dict) -> str:
-    """The report as a text table, headed by the run's status and step count."""
-    rows = [(name, value, how) for name, value, how in table4_rows(summary) if value is not None]
+    """The report as a text table, headed by the run's status and step count (what adapters print at the end)."""
+    rows = [(name, value, _first_source(how)) for name, value, how in table4_rows(summary) if value is not None]
     head = (
         f"carbon-callbacks: {summary.get('steps')} steps, status {summary.get('status')}, "
         f"{fmt_number(summary.get('energy_kwh'))} kWh, {fmt_number(summary.get('gross_co2e_kg'))} kg CO2e gross, "
         f"{fmt_number(summary.get('net_co2e_kg'))} kg CO2e net"
     )
-    return head + "\n" + text_table(["row (paper Table 4)", "value", "how obtained"], rows)
+    parts = [head, text_table(["row (paper Table 4)", "value", "how obtained"], rows)]
+    split = energy_split(summary)
+    if split:
+        parts.append(_split_text(split))
+    if (line := projection_line(summary)) is not None:
+        parts.append(line)
+    return "\n".join(parts)
+
+
+def _split_text(split: list[dict]) -> str:
+    rows = [(p["part"], p["flops_share"], p["energy_kwh"], p["gross_co2e_kg"], p["net_co2e_kg"]) for p in split]
+    return f"energy by layer kind ({SPLIT_METHOD}):\n" + text_table(
+        ["layers", "FLOP share", "kWh", "kg CO2e gross", "kg CO2e net"], rows
+    )
+
+
+# ------------------------------------------------------------------------------------------- run directories
+@dataclass
+class RunReport:
+    """What a run directory holds, ready to render.
+
+    Attributes:
+        run_dir: the directory read.
+        summary: `run.json`, or, when it is missing, the totals the step log alone supports (labelled).
+        records: the step records of `steps.jsonl`.
+        found: what was read, one line per file.
+        missing: what the report cannot show, with the reason, one line per item.
+        notes: anything the reader should know (crashed run, older version, files that disagree).
+    """
+
+    run_dir: str
+    summary: dict
+    records: list[dict]
+    found: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, object, str]]:
+        return table4_rows(self.summary)
+
+    def to_dict(self) -> dict:
+        """The card as plain data (`--json`)."""
+        return {
+            "run_dir": self.run_dir,
+            "status": self.summary.get("status"),
+            "steps": self.summary.get("steps"),
+            "found": self.found,
+            "missing": self.missing,
+            "notes": self.notes,
+            "rows": [{"row": n, "value": v, "how": h} for n, v, h in self.rows()],
+            "energy_split": energy_split(self.summary),
+            "projection": (self.summary.get("info") or {}).get("projection"),
+            "co2_eq_emissions": hf_co2_block(self.summary),
+        }
+
+
+def _sum_or_none(records: list[dict], key: str) -> float | None:
+    values = [r.get(key) for r in records]
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values))
+
+
+def summary_from_records(records: list[dict]) -> dict:
+    """The totals the step log alone supports, for a run whose `run.json` is missing; every source says so."""
+    label = f"derived from {STEPS_FILE} ({RUN_FILE} missing)"
+    last = records[-1]
+    it_j = _sum_or_none(records, "it_energy_j")
+    step_kwh = _sum_or_none(records, "step_energy_kwh")
+    step_co2 = _sum_or_none(records, "step_co2e_kg")
+    energy = last.get("energy_kwh")
+    methods = sorted({r["energy_method"] for r in records if r.get("energy_method")})
+    seconds = _sum_or_none(records, "seconds")
+    return {
+        "status": f"unknown ({RUN_FILE} missing)",
+        "steps": int(sum(r.get("num_steps", 1) for r in records)),
+        "wall_time_s": seconds,
+        "energy_kwh": energy,
+        "it_energy_kwh": it_j / _J_PER_KWH if it_j is not None else None,
+        "gross_co2e_kg": last.get("co2e_kg"),
+        "net_co2e_kg": last.get("co2e_net_kg"),
+        "pue": step_kwh * _J_PER_KWH / it_j if step_kwh and it_j else None,
+        "gross_kg_per_kwh": step_co2 / step_kwh if step_co2 is not None and step_kwh else None,
+        "net_kg_per_kwh": last["co2e_net_kg"] / energy if last.get("co2e_net_kg") is not None and energy else None,
+        "total_model_flops": _sum_or_none(records, "model_flops"),
+        "tokens": _sum_or_none(records, "tokens"),
+        "energy_method": "+".join(methods) or None,
+        "sources": {"pue": label, "gross_kg_per_kwh": label, "net_kg_per_kwh": label},
+        "info": {},
+    }
+
+
+def read_report(run_dir: str | os.PathLike) -> RunReport:
+    """Reads a run directory into a `RunReport`, saying what it found and what is missing.
+
+    Raises:
+        InvalidInputError: when the directory does not exist or holds neither `run.json` nor `steps.jsonl`, or a
+            file in it cannot be read.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise InvalidInputError(f"run directory {str(path)!r} does not exist (or is not a directory).")
+    try:
+        summary, records = read_run(path)
+    except (ValueError, OSError) as err:
+        raise InvalidInputError(f"run directory {str(path)!r} cannot be read: {err}") from None
+    if summary is None and not records:
+        raise InvalidInputError(
+            f"run directory {str(path)!r} holds neither {RUN_FILE} nor a step in {STEPS_FILE}: "
+            "nothing to report (did the run start? was output_dir set to another place?)."
+        )
+    found, missing, notes = [], [], []
+    logged_steps = int(sum(r.get("num_steps", 1) for r in records))
+    if records:
+        found.append(f"{STEPS_FILE}: {len(records)} records covering {logged_steps} steps")
+    else:
+        missing.append(f"{STEPS_FILE}: no step records (no plot, projection or per-step figures)")
+    if summary is None:
+        missing.append(f"{RUN_FILE}: missing (crashed before its first write?); site, chip and model facts unknown")
+        summary = summary_from_records(records)
+        notes.append(f"totals are derived from {STEPS_FILE} alone; rows it cannot support are listed as missing")
+    else:
+        found.append(
+            f"{RUN_FILE}: schema {summary.get('schema_version')}, status {summary.get('status')}, "
+            f"{summary.get('steps')} steps"
+        )
+        schema = summary.get("schema_version")
+        if schema != CURRENT_SCHEMA:
+            notes.append(
+                f"{RUN_FILE} has schema_version {schema!r} (this version reads {CURRENT_SCHEMA}): written by "
+                "another version; only the keys it has are shown"
+            )
+        status = summary.get("status")
+        if status == "running":
+            notes.append(
+                "status 'running': the run crashed or is still going; figures cover the steps flushed so far"
+            )
+        elif status in ("interrupted", "failed"):
+            notes.append(f"status {status!r}: the run stopped early; figures cover the steps it completed")
+        if records and summary.get("steps") is not None and summary["steps"] != logged_steps:
+            notes.append(
+                f"{RUN_FILE} counts {summary['steps']} steps, {STEPS_FILE} {logged_steps} "
+                "(a resumed run keeps its earlier steps in the totals; a crash can cut the log)"
+            )
+    derived = summary.get("status") == f"unknown ({RUN_FILE} missing)"
+    for name, value, _how in table4_rows(summary):
+        if value is None:
+            reason = f"needs {RUN_FILE}" if derived else _MISSING_REASON.get(name, "not recorded")
+            missing.append(f"{name}: {reason}")
+    return RunReport(str(path), summary, records, found, missing, notes)
+
+
+# ------------------------------------------------------------------------------------------- renderers
+def render_text(report: RunReport) -> str:
+    """The card for a terminal: what was found, the Table 4 rows, the split, the projection, the HF block."""
+    parts = [f"run directory: {report.run_dir}", *(f"  found: {f}" for f in report.found)]
+    parts += [f"  note: {n}" for n in report.notes]
+    parts.append(format_report(report.summary))
+    if report.missing:
+        parts.append("missing:\n" + "\n".join(f"  - {m}" for m in report.missing))
+    parts.append("Hugging Face model card metadata:\n" + hf_yaml(hf_co2_block(report.summary)))
+    return "\n".join(parts)
+
+
+def _md_cell(value: object) -> str:
+    return fmt_number(value).replace("|", "\\|")
+
+
+def render_markdown(report: RunReport) -> str:
+    """The card as Markdown: a Table 4 table, the split, notes, missing items and the model-card YAML."""
+    s = report.summary
+    out = [
+        f"### Carbon report: `{report.run_dir}`",
+        "",
+        f"Status {s.get('status')}, {s.get('steps')} steps.",
+        "",
+        "| row (paper Table 4) | value | how obtained |",
+        "|---|---:|---|",
+    ]
+    out += [f"| {n} | {_md_cell(v)} | {_md_cell(h)} |" for n, v, h in report.rows() if v is not None]
+    split = energy_split(s)
+    if split:
+        out += ["", f"Energy by layer kind ({SPLIT_METHOD}):", "",
+                "| layers | FLOP share | kWh | kg CO2e gross | kg CO2e net |", "|---|---:|---:|---:|---:|"]
+        out += [
+            f"| {p['part']} | {_md_cell(p['flops_share'])} | {_md_cell(p['energy_kwh'])} | "
+            f"{_md_cell(p['gross_co2e_kg'])} | {_md_cell(p['net_co2e_kg'])} |"
+            for p in split
+        ]
+    if (line := projection_line(s)) is not None:
+        out += ["", line[0].upper() + line[1:] + "."]
+    for title, items in (("Notes", report.notes), ("Missing", report.missing)):
+        if items:
+            out += ["", f"{title}:", "", *(f"- {item}" for item in items)]
+    out += ["", "Model-card metadata:", "", "```yaml", hf_yaml(hf_co2_block(s)), "```"]
+    return "\n".join(out)
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: object) -> str:
+    """`text` with LaTeX's special characters escaped."""
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def render_latex(report: RunReport) -> str:
+    """The Table 4 rows as a LaTeX `table` (booktabs), ready for a paper's appendix."""
+    body = [
+        f"  {latex_escape(n)} & {latex_escape(fmt_number(v))} & {latex_escape(h)} \\\\"
+        for n, v, h in report.rows()
+        if v is not None
+    ]
+    caption = (
+        f"Energy and CO$_2$e of the run ({latex_escape(report.summary.get('steps'))} steps, status "
+        f"{latex_escape(report.summary.get('status'))}), method of Patterson et al.\\ (2021)."
+    )
+    return "\n".join(
+        [
+            "% needs \\usepackage{booktabs}",
+            "\\begin{table}[t]",
+            "\\centering\\small",
+            "\\begin{tabular}{lrp{0.45\\linewidth}}",
+            "\\toprule",
+            "Row (Table 4) & Value & How obtained \\\\",
+            "\\midrule",
+            *body,
+            "\\bottomrule",
+            "\\end{tabular}",
+            f"\\caption{{{caption}}}",
+            "\\end{table}",
+        ]
+    )
+
+
+def render_json(report: RunReport) -> str:
+    """The card as JSON."""
+    return json.dumps(report.to_dict(), indent=2, sort_keys=False)

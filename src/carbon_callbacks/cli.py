@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from carbon_callbacks._errors import CarbonCallbacksError
 
 #: Subcommand modules; each has `register(subparsers)` that adds its parser with `func=run(args) -> exit code`.
-COMMANDS = ("paper", "estimate", "tables", "run")
+COMMANDS = ("paper", "estimate", "tables", "flops", "run", "report", "whatif", "plot", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

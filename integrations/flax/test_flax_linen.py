@@ -1,0 +1,202 @@
+"""`carbon_callbacks.flax.track` around a jitted Linen `TrainState` step: metrics, arithmetic, syncs, files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import pytest
+from flax_support import SITE, FixedMeter, batch, linen_state, make_linen_step, mlp_step_flops
+
+import carbon_callbacks.flax as cflax
+from carbon_callbacks import InvalidInputError, read_run
+from carbon_callbacks.flax import BASE_KEYS, track
+
+J_PER_KWH = 3.6e6
+
+
+def run(step, steps: int, state=None, xy=None):
+    state = linen_state() if state is None else state
+    xy = batch() if xy is None else xy
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, xy)
+        history.append(metrics)
+    return state, history
+
+
+def test_every_step_carries_the_carbon_keys_next_to_the_loss(tmp_path):
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=3, output_dir=tmp_path)
+    _, history = run(step, 7)
+    step.close()
+    for metrics in history:
+        assert set(metrics) == {"loss", *BASE_KEYS, "carbon/flops"}
+        assert metrics["carbon/flops"] == mlp_step_flops()
+    # Nothing is measured before the first interval closes; then the last closed interval's values hold.
+    assert all(math.isnan(m["carbon/energy_kwh"]) for m in history[:2])
+    energies = [m["carbon/energy_kwh"] for m in history[2:]]
+    assert energies == [90 * 1.2 / J_PER_KWH] * 3 + [2 * 90 * 1.2 / J_PER_KWH] * 2
+    assert all(type(m["carbon/co2e_kg"]) is float for m in history)
+
+
+def test_co2e_is_energy_times_intensity(tmp_path):
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(joules=90.0, seconds=3.0), log_every_n_steps=2,
+                 output_dir=tmp_path)
+    _, history = run(step, 4)
+    last = history[-1]
+    assert last["carbon/energy_kwh"] == 2 * 90.0 * 1.2 / J_PER_KWH
+    assert last["carbon/co2e_kg"] == last["carbon/energy_kwh"] * 0.5
+    assert last["carbon/co2e_net_kg"] == last["carbon/energy_kwh"] * 0.2
+    assert last["carbon/step_time_s"] == 1.5  # 3 s per 2-step interval
+    summary = step.close()
+    assert summary["steps"] == 4 and summary["world_size"] == 1 and summary["status"] == "finished"
+    assert summary["gross_co2e_kg"] == pytest.approx(last["carbon/co2e_kg"], rel=1e-12)
+    assert summary["total_model_flops"] == 4 * mlp_step_flops()
+
+
+def test_mfu_with_a_known_chip(tmp_path):
+    step = track(make_linen_step(), **SITE, chip="a100", dtype="bf16", meter=FixedMeter(seconds=2.0),
+                 log_every_n_steps=2, output_dir=tmp_path)
+    _, history = run(step, 2)
+    peak = step.tracker.accountant.peak_flops
+    assert math.isnan(history[0]["carbon/mfu"])
+    assert history[1]["carbon/mfu"] == pytest.approx(mlp_step_flops() / 1.0 / peak, rel=1e-12)
+    step.close()
+
+
+def test_device_waits_only_when_an_interval_closes(tmp_path, monkeypatch):
+    waits = []
+    real = jax.block_until_ready
+    monkeypatch.setattr(cflax.jax, "block_until_ready", lambda x: waits.append(1) or real(x))
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=4, output_dir=tmp_path)
+    run(step, 10)
+    assert len(waits) == 2  # steps 4 and 8
+    step.close()
+    assert len(waits) == 3  # the partial last interval at close
+
+
+def test_jit_is_not_retraced_and_flops_are_counted_once(tmp_path):
+    traces = []
+    jitted = make_linen_step(traces)
+    step = track(jitted, **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path)
+    state, _ = run(step, 2)
+    traced_after_warmup = len(traces)
+    state, _ = run(step, 6, state=state)
+    assert len(traces) == traced_after_warmup <= 2  # the jit trace and, at most, the FLOP count's own trace
+    baseline = make_linen_step()
+    run(baseline, 8)
+    assert jitted._cache_size() == baseline._cache_size()  # what jit compiles without the wrapper (the first
+    # call's Python-int `TrainState.step` is one entry, the later int32 array another), nothing more
+    assert step.counters.signatures == 1 and step.counters.steps == 8
+    state, history = run(step, 2, state=state, xy=batch(size=8))  # a new batch shape: one more count
+    assert step.counters.signatures == 2
+    assert history[-1]["carbon/flops"] == mlp_step_flops(batch=8)
+    step.close()
+
+
+def test_alternating_batch_shapes_get_their_own_flops(tmp_path):
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path)
+    state = linen_state()
+    sizes = [4, 4, 8, 4, 8, 8, 4]
+    for size in sizes:
+        state, metrics = step(state, batch(size=size))
+        assert metrics["carbon/flops"] == mlp_step_flops(batch=size)
+    assert step.counters.signatures == 2
+    assert step.close()["total_model_flops"] == sum(mlp_step_flops(batch=size) for size in sizes)
+
+
+def test_donation_is_kept(tmp_path):
+    step = track(make_linen_step(donate_argnums=0), **SITE, meter=FixedMeter(), log_every_n_steps=2,
+                 output_dir=tmp_path)
+    state = linen_state()
+    old_leaf = jax.tree_util.tree_leaves(state.params)[0]
+    state, metrics = step(state, batch())
+    assert old_leaf.is_deleted()
+    state, metrics = step(state, batch())
+    assert metrics["carbon/flops"] == mlp_step_flops()
+    step.close()
+
+
+def test_close_writes_run_files_and_prints_the_report(tmp_path, capsys):
+    with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path) as step:
+        run(step, 5)
+    summary, records = read_run(tmp_path)
+    assert summary == step.summary()
+    assert summary["steps"] == 5 and summary["status"] == "finished"
+    assert [r["num_steps"] for r in records] == [2, 2, 1]
+    assert records[-1]["loss"] is not None
+    assert summary["info"]["flops_method"].startswith("traced")
+    assert "carbon-callbacks: 5 steps, status finished" in capsys.readouterr().out
+    assert step.close() is step.summary()  # closing twice changes nothing
+
+
+def test_an_exception_in_the_loop_marks_the_run_interrupted(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path) as step:
+            run(step, 3)
+            raise KeyboardInterrupt
+    summary, _ = read_run(tmp_path)
+    assert summary["status"] == "interrupted" and summary["steps"] == 3
+
+
+def test_outputs_without_a_metrics_dict_are_untouched(tmp_path):
+    inner = make_linen_step()
+    step = track(lambda s, xy: inner(s, xy)[0], **SITE, meter=FixedMeter(), flops=1e6, log_every_n_steps=1,
+                 output_dir=tmp_path)
+    state = step(linen_state(), batch())
+    assert type(state).__name__ == "TrainState"
+    assert step.metrics()["carbon/flops"] == 1e6
+    assert step.metrics()["carbon/energy_kwh"] == 90 * 1.2 / J_PER_KWH
+    assert step.close()["info"]["flops_method"] == "given"
+
+
+def test_missing_location_fails_at_construction():
+    with pytest.raises(InvalidInputError, match="never guesses a location"):
+        track(make_linen_step(), meter=FixedMeter())
+
+
+def test_wrapper_keeps_the_step_signature_and_jit_api(tmp_path):
+    jitted = make_linen_step()
+    step = track(jitted, **SITE, meter=FixedMeter(), output_dir=tmp_path)
+    assert step.__wrapped__ is jitted and step.__name__ == "train_step"
+    assert step.lower(linen_state(), batch()).compile() is not None  # the jitted function's own API passes through
+    step.close()
+
+
+def test_a_failing_flop_count_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    import carbon_callbacks.flops
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setattr(carbon_callbacks.flops, "count", broken)
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=1, output_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="tracer exploded") as caught:
+        _, history = run(step, 3, xy=batch(size=2))
+        run(step, 1, xy=batch(size=3))  # a new signature fails again, silently
+    assert sum("counting the step's FLOPs failed" in str(w.message) for w in caught) == 1
+    assert set(history[-1]) == {"loss", *BASE_KEYS}
+    assert step.close()["total_model_flops"] is None
+
+
+def test_the_run_is_closed_at_interpreter_exit_unless_closed_before(tmp_path, monkeypatch):
+    registered = []
+    monkeypatch.setattr(cflax.atexit, "register", registered.append)
+    monkeypatch.setattr(cflax.atexit, "unregister", registered.remove)
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path)
+    run(step, 3)
+    assert len(registered) == 1
+    registered[0]()  # what the interpreter runs at exit
+    assert registered == []
+    summary, _ = read_run(tmp_path)
+    assert summary["steps"] == 3 and summary["status"] == "finished"
+
+
+def test_default_run_directory_is_timestamped_under_carbon_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2) as step:
+        run(step, 2)
+    assert step.run_dir.parent == Path("carbon-runs")
+    summary, records = read_run(tmp_path / step.run_dir)
+    assert summary["steps"] == 2 and len(records) == 1

@@ -1,0 +1,126 @@
+"""Linen and NNX training loops on the dense and Switch MoE reference GPTs under `track`.
+
+The counted FLOPs of a whole training step must match `transformer_flops` (the exact analytic count): a traced
+count sees what runs, i.e. the hardware FLOPs (capacity padding included), which for the dense model equal the
+model FLOPs.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+from flax_support import SITE, FixedMeter, filled
+
+from carbon_callbacks.flax import BASE_KEYS, track
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.models import DENSE, SWITCH
+from carbon_callbacks.models.flax_gpt import GPT, loss_fn, random_batch
+
+#: The reference shapes with smaller widths (XLA's CPU compile time dominates these tests).
+SMALL = {"d_model": 32, "num_heads": 2, "seq_len": 16, "batch_size": 2, "vocab_size": 64, "d_ff": 64}
+CONFIGS = {"dense": DENSE.with_(**SMALL), "switch": SWITCH.with_(**SMALL)}
+STEPS = 3
+
+
+class Loop:
+    """A compiled training step and its state, built once per module and wrapped by each test's `track`."""
+
+    def __init__(self, train_step, carry, tokens, targets, linen: bool) -> None:
+        self.train_step, self.carry, self.tokens, self.targets, self.linen = train_step, carry, tokens, targets, linen
+
+    def run(self, tmp_path, **kwargs):
+        step = track(self.train_step, **SITE, meter=FixedMeter(), log_every_n_steps=1, output_dir=tmp_path, **kwargs)
+        history = []
+        for _ in range(STEPS):
+            if self.linen:
+                self.carry, metrics = step(self.carry, self.tokens, self.targets)
+            else:
+                _, metrics = step(*self.carry, self.tokens, self.targets)  # the model is updated in place
+            history.append(metrics)
+        return step, history
+
+
+def linen_loop(config) -> Loop:
+    model = GPT(config)
+    tokens, targets = random_batch(config)
+    params = filled(jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"])
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1))
+
+    @jax.jit
+    def train_step(state, tokens, targets):
+        def compute_loss(params):
+            return loss_fn(state.apply_fn({"params": params}, tokens), targets)
+
+        loss, grads = jax.value_and_grad(compute_loss)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    return Loop(train_step, state, tokens, targets, linen=True)
+
+
+def nnx_loop(config) -> Loop:
+    tokens, targets = random_batch(config)
+
+    def create():
+        return nnx.bridge.lazy_init(nnx.bridge.ToNNX(GPT(config), rngs=nnx.Rngs(0)), tokens)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+    model = nnx.merge(graphdef, filled(abstract))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, tokens, targets):
+        loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(tokens), targets))(model)
+        optimizer.update(model, grads)
+        return loss, {"loss": loss}
+
+    return Loop(train_step, (model, optimizer), tokens, targets, linen=False)
+
+
+@pytest.fixture(scope="module")
+def loops():
+    """(api, model name) -> Loop, built lazily: each step compiles once for the whole module."""
+    cache = {}
+
+    def get(api: str, name: str) -> Loop:
+        if (api, name) not in cache:
+            cache[api, name] = (linen_loop if api == "linen" else nnx_loop)(CONFIGS[name])
+        return cache[api, name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_counted_flops_match_the_analytic_count(loops, api, name, tmp_path):
+    analytic = transformer_flops(CONFIGS[name])
+    step, history = loops(api, name).run(tmp_path)
+    summary = step.close()
+    for metrics in history:
+        assert {"loss", *BASE_KEYS, "carbon/flops"} <= set(metrics)
+        assert metrics["carbon/co2e_kg"] == metrics["carbon/energy_kwh"] * 0.5
+    assert step.counters.signatures == 1
+    counted = history[-1]["carbon/flops"]
+    assert counted == pytest.approx(analytic.hardware_flops, rel=0.01)
+    assert summary["total_hardware_flops"] == pytest.approx(STEPS * analytic.hardware_flops, rel=0.01)
+    assert summary["info"]["flops_method"].startswith("traced")
+    assert summary["info"]["params_total"] == analytic.params_total
+    losses = [float(m["loss"]) for m in history]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_given_model_flops_drive_mfu_while_the_moe_pads(loops, tmp_path):
+    analytic = transformer_flops(CONFIGS["switch"])
+    assert analytic.hardware_flops > analytic.model_flops  # capacity padding
+    step, history = loops("linen", "switch").run(tmp_path, flops=analytic.model_flops, chip="a100")
+    summary = step.close()
+    assert history[-1]["carbon/flops"] == analytic.model_flops
+    assert history[-1]["carbon/mfu"] == pytest.approx(
+        analytic.model_flops / 3.0 / step.tracker.accountant.peak_flops, rel=1e-12
+    )
+    assert summary["total_model_flops"] == STEPS * analytic.model_flops
+    assert summary["info"]["flops_method"] == "given"

@@ -1,0 +1,36 @@
+"""Counts the Keras reference GPT on the backend of `KERAS_BACKEND`; prints one JSON object.
+
+Run as `KERAS_BACKEND=jax python integrations/flops/keras_count.py dense switch top2:dense_dispatch`; used by the
+Keras and cross-framework tests (one process per backend: Keras picks its backend at import).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from carbon_callbacks.flops import count
+from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
+
+CONFIGS = {"dense": DENSE, "switch": SWITCH, "top2": TOP2}
+
+
+def main(names: list[str]) -> None:
+    import keras
+
+    from carbon_callbacks.models.keras_gpt import build_gpt, random_batch
+
+    out = {"backend": keras.backend.backend(), "counts": {}}
+    for name in names:
+        base, _, impl = name.partition(":")
+        cfg = CONFIGS[base].with_(moe_implementation=impl) if impl else CONFIGS[base]
+        model = build_gpt(cfg)
+        tokens, _ = random_batch(cfg)
+        result = count(model, tokens)
+        params = sum(int(keras.ops.size(v)) for v in model.weights)
+        out["counts"][name] = {**result.to_dict(), "params": params}
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

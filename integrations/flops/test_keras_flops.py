@@ -1,0 +1,35 @@
+"""Traced Keras counts of the reference GPT, one subprocess per backend (Keras picks its backend at import)."""
+
+from __future__ import annotations
+
+import pytest
+
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
+
+from _keras_run import keras_counts  # noqa: E402  (sibling helper module)
+
+NAMES = ("dense", "switch", "top2:dense_dispatch")  # few builds: each costs seconds on the JAX backend
+CONFIGS = {
+    "dense": DENSE,
+    "switch": SWITCH,
+    "top2:dense_dispatch": TOP2.with_(moe_implementation="dense_dispatch"),
+}
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_keras_backend_matches_analytic(backend):
+    out = keras_counts(backend, NAMES)
+    assert out["backend"] == backend
+    for name, result in out["counts"].items():
+        analytic = transformer_flops(CONFIGS[name])
+        tolerance = 0.01 if name in ("dense", "switch") else 0.02
+        assert abs(result["total"] / analytic.hardware_flops - 1) < tolerance, (backend, name)
+        assert result["total"] == analytic.hardware_flops, (backend, name)
+        assert result["params"] == analytic.params_total, (backend, name)
+        assert result["includes_backward"] and result["warnings"] == [], (backend, name)
+    if backend == "tensorflow":  # the einsum the stock TF profiler misses is counted, by layer kind too
+        breakdown = out["counts"]["top2:dense_dispatch"]["breakdown"]
+        assert breakdown["moe_dispatch"] == transformer_flops(CONFIGS["top2:dense_dispatch"]).hardware_breakdown[
+            "moe_dispatch"
+        ]

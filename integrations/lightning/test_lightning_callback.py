@@ -1,0 +1,204 @@
+"""Real `Trainer.fit` runs of the reference GPTs with `CarbonCallback` and a CSVLogger, on CPU."""
+
+from __future__ import annotations
+
+import signal
+import warnings
+
+import pytest
+import torch
+from lightning_support import (
+    DENSE_SMALL,
+    J_PER_KWH,
+    SITE,
+    SWITCH_SMALL,
+    FixedMeter,
+    LitGPT,
+    csv_rows,
+    loader,
+    trainer,
+)
+
+from carbon_callbacks import InvalidInputError, read_run
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.lightning import CarbonCallback
+
+CARBON_COLUMNS = (
+    "carbon/energy_kwh",
+    "carbon/co2e_kg",
+    "carbon/co2e_net_kg",
+    "carbon/flops",
+    "carbon/step_time_s",
+    "carbon/mfu",
+)
+#: One window of the fake meter, as facility energy: 90 J x PUE 1.2.
+WINDOW_KWH = 90.0 * 1.2 / J_PER_KWH
+
+
+def fit(tmp_path, module=None, max_steps=8, log_every_n_steps=2, ckpt_path=None, **callback_kwargs):
+    args = {**SITE, "meter": FixedMeter(), "chip": "a100", **callback_kwargs}
+    callback = CarbonCallback(**args)
+    run = trainer(tmp_path, [callback], max_steps=max_steps, log_every_n_steps=log_every_n_steps)
+    module = module or LitGPT()
+    run.fit(module, loader(module.model.config), ckpt_path=ckpt_path)
+    return callback, run
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_missing_location_fails_at_construction():
+    with pytest.raises(InvalidInputError, match="never guesses a location"):
+        CarbonCallback()
+
+
+def test_metrics_sit_in_the_loss_rows_and_co2e_is_energy_times_intensity(tmp_path, capsys):
+    callback, run = fit(tmp_path)
+    rows = csv_rows(run)
+    loss_rows = [r for r in rows if r.get("train_loss")]
+    assert [r["step"] for r in loss_rows] == ["1", "3", "5", "7"]
+    for windows, row in enumerate(loss_rows, start=1):
+        assert all(row[c] != "" for c in CARBON_COLUMNS)  # the same CSV row as the loss
+        energy = float(row["carbon/energy_kwh"])
+        assert energy == pytest.approx(windows * WINDOW_KWH, rel=1e-12)
+        assert float(row["carbon/co2e_kg"]) == pytest.approx(energy * 0.5, rel=1e-12)
+        assert float(row["carbon/co2e_net_kg"]) == pytest.approx(energy * 0.2, rel=1e-12)
+        assert float(row["carbon/step_time_s"]) == 1.5  # 3 s windows of 2 steps
+    assert not [r for r in rows if not r.get("train_loss") and r.get("carbon/co2e_kg")]  # no rows of their own
+
+    summary, records = read_run(run.log_dir + "/carbon")  # default: inside the Trainer's log dir
+    assert summary["status"] == "finished" and summary["steps"] == 8 and summary["world_size"] == 1
+    assert summary["gross_co2e_kg"] == pytest.approx(4 * WINDOW_KWH * 0.5, rel=1e-12)
+    assert [r["step"] for r in records] == [2, 4, 6, 8] and records[-1]["loss"] == pytest.approx(
+        float(loss_rows[-1]["train_loss"]), rel=1e-6
+    )
+    assert capsys.readouterr().out.count("carbon-callbacks: 8 steps, status finished") == 1
+
+
+def test_dense_counted_flops_match_the_analytic_count(tmp_path):
+    callback, run = fit(tmp_path)
+    expected = transformer_flops(DENSE_SMALL)
+    row = [r for r in csv_rows(run) if r.get("train_loss")][-1]
+    assert float(row["carbon/flops"]) == pytest.approx(expected.model_flops, rel=0.01)
+    mfu = float(row["carbon/flops"]) / 1.5 / 312e12  # a100: 312 dense bf16 TFLOP/s
+    assert float(row["carbon/mfu"]) == pytest.approx(mfu, rel=1e-6)
+    assert callback.summary["total_model_flops"] == pytest.approx(8 * expected.model_flops, rel=0.01)
+    assert callback.summary["info"]["flops_method"].startswith("traced:torch-flop-counter")
+
+
+def test_switch_reports_model_and_hardware_flops(tmp_path):
+    callback, run = fit(tmp_path, LitGPT(SWITCH_SMALL))
+    expected = transformer_flops(SWITCH_SMALL)
+    assert expected.model_flops < expected.hardware_flops  # capacity padding
+    row = [r for r in csv_rows(run) if r.get("train_loss")][-1]
+    assert float(row["carbon/flops"]) == expected.model_flops  # activated experts only
+    summary = callback.summary
+    assert summary["total_model_flops"] == 8 * expected.model_flops
+    assert summary["total_hardware_flops"] == pytest.approx(8 * expected.hardware_flops, rel=0.01)  # traced
+    assert summary["info"]["percent_active"] == pytest.approx(expected.percent_active)
+    assert summary["info"]["flops_method"].startswith("model: analytic")
+
+
+def test_given_flops_and_module_attribute_override_counting(tmp_path):
+    callback, _ = fit(tmp_path / "given", flops=1e9)
+    assert callback.summary["total_model_flops"] == 8e9
+    assert callback.summary["info"]["flops_method"] == "given"
+
+    module = LitGPT()
+    module.flops_per_batch = 2e9
+    callback, _ = fit(tmp_path / "attr", module)
+    assert callback.summary["total_model_flops"] == 16e9
+    assert callback.summary["info"]["flops_method"] == "given: module flops_per_batch"
+
+
+def test_counting_leaves_the_training_unchanged(tmp_path):
+    """The FLOP count runs one extra step; RNG, buffers and gradients are restored, so the losses are the same."""
+    torch.manual_seed(0)
+    _, counted = fit(tmp_path / "counted", LitGPT())
+    torch.manual_seed(0)
+    _, given = fit(tmp_path / "given", LitGPT(), flops=1.0)
+    losses = [[r["train_loss"] for r in csv_rows(run) if r.get("train_loss")] for run in (counted, given)]
+    assert losses[0] == losses[1]
+
+
+def test_resume_continues_the_totals(tmp_path):
+    straight, _ = fit(tmp_path / "straight", max_steps=8)
+
+    first, run = fit(tmp_path / "first", max_steps=4)
+    ckpt = tmp_path / "half.ckpt"
+    run.save_checkpoint(ckpt)
+    resumed, _ = fit(tmp_path / "resumed", max_steps=8, ckpt_path=str(ckpt))
+
+    a, b = straight.summary, resumed.summary
+    assert b["steps"] == a["steps"] == 8
+    for key in ("energy_kwh", "gross_co2e_kg", "net_co2e_kg", "total_model_flops", "wall_time_s"):
+        assert b[key] == pytest.approx(a[key], rel=1e-12), key
+    assert b["started_at"] == first.summary["started_at"]
+
+
+def test_callback_instance_is_reusable(tmp_path):
+    callback = CarbonCallback(**SITE, meter=FixedMeter())
+    for name in ("a", "b"):
+        run = trainer(tmp_path / name, [callback], max_steps=4)
+        run.fit(LitGPT(), loader())
+        assert callback.summary["steps"] == 4  # totals start again at each fit
+
+
+def test_sensor_failing_mid_run_falls_back_and_warns_once(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback, run = fit(tmp_path, meter=FixedMeter(fail_after=1), chip="v100")
+    assert sum("energy meter failed" in str(w.message) for w in caught) == 1
+    summary = callback.summary
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    assert summary["energy_methods"]["gpu"] == "modeled:tdp-fallback(v100)"
+    assert callback.tracker.meter.closed  # the sensor is released at the end
+
+
+def test_nan_loss_is_tracked_not_raised(tmp_path):
+    callback, run = fit(tmp_path, LitGPT(nan_loss=True))
+    assert callback.summary["status"] == "finished" and callback.summary["steps"] == 8
+    _, records = read_run(callback.tracker.run_dir)
+    assert [r["loss"] for r in records] == [None] * 4
+
+
+def test_exception_in_training_step_leaves_a_failed_run(tmp_path):
+    with pytest.raises(RuntimeError, match="user code failed"):
+        fit(tmp_path, LitGPT(fail_at=5))
+    summary, records = read_run(tmp_path / "csv" / "version_0" / "carbon")
+    assert summary["status"] == "failed"
+    assert summary["steps"] == 5 == sum(r["num_steps"] for r in records)
+    assert summary["energy_kwh"] == pytest.approx(3 * WINDOW_KWH, rel=1e-12)  # 2 full windows + the partial one
+
+
+def test_keyboard_interrupt_leaves_an_interrupted_run(tmp_path):
+    class Interrupted(LitGPT):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 3:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits
+            fit(tmp_path, Interrupted())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after an interrupt
+    summary, _ = read_run(tmp_path / "csv" / "version_0" / "carbon")
+    assert summary["status"] == "interrupted" and summary["steps"] == 3
+
+
+def test_a_failure_inside_the_callback_never_reaches_the_loop(tmp_path):
+    class BrokenMeter(FixedMeter):
+        def begin_window(self, key):
+            raise RuntimeError("driver crashed")
+
+        def end_window(self, key):
+            raise RuntimeError("driver crashed")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        callback, _ = fit(tmp_path, meter=BrokenMeter(), log_every_n_steps=1)
+    assert callback.summary["steps"] == 8

@@ -1,0 +1,142 @@
+"""Plots of run directories (extra `plot`, matplotlib): loss against cumulative CO2e and energy, what-if bars.
+
+The curve a reader wants is the loss against the carbon spent so far: how much CO2e each step of accuracy cost.
+matplotlib is imported inside `plot_runs` only, and through its object API (no pyplot, no global backend).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._report import read_report
+
+#: Most what-if bars drawn (the lowest net CO2e first, the run itself always).
+MAX_BARS = 16
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("carbon-callbacks plots need matplotlib: pip install 'carbon-callbacks[plot]'") from None
+    return Figure
+
+
+def _unit(max_kg: float) -> tuple[float, str]:
+    """Scale and label so that the CO2e axis reads in g, kg or t."""
+    if max_kg < 1.0:
+        return 1000.0, "g CO2e"
+    if max_kg >= 1000.0:
+        return 1e-3, "t CO2e"
+    return 1.0, "kg CO2e"
+
+
+def _energy_unit(max_kwh: float) -> tuple[float, str]:
+    """Scale and label so that the energy axis reads in Wh, kWh or MWh."""
+    if max_kwh < 1.0:
+        return 1000.0, "Wh"
+    if max_kwh >= 1000.0:
+        return 1e-3, "MWh"
+    return 1.0, "kWh"
+
+
+def _curves(records: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """(cumulative gross kg CO2e, cumulative facility kWh, loss) at each interval that logged a loss."""
+    co2, kwh, loss = [], [], []
+    for r in records:
+        if r.get("loss") is not None and r.get("co2e_kg") is not None and r.get("energy_kwh") is not None:
+            co2.append(r["co2e_kg"])
+            kwh.append(r["energy_kwh"])
+            loss.append(r["loss"])
+    return co2, kwh, loss
+
+
+def plot_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    scenarios: Sequence | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Draws the loss of each run against its cumulative CO2e and energy, and optionally what-if bars.
+
+    Args:
+        run_dirs: run directories; their curves share the axes (e.g. a dense run and its MoE twin).
+        path: the image file to write; the format follows the suffix (`.png`, `.svg`, `.pdf`).
+        labels: one legend label per run. Defaults to `None`: the directory names.
+        scenarios: `Scenario`s from `whatif` for a bar panel of net (and gross) CO2e. Defaults to `None`.
+        title: the figure's title. Defaults to `None`.
+        dpi: resolution of raster formats. Defaults to `120`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InvalidInputError: for no run, a missing run directory, wrong number of labels, or runs that logged no
+            loss and no scenarios to draw.
+        ImportError: when matplotlib is not installed (extra `plot`).
+    """
+    if not run_dirs:
+        raise InvalidInputError("plot_runs needs at least one run directory.")
+    reports = [read_report(d) for d in run_dirs]
+    if labels is None:
+        labels = [Path(r.run_dir).resolve().name for r in reports]
+    elif len(labels) != len(reports):
+        raise InvalidInputError(f"labels must have one entry per run directory ({len(reports)}), got {len(labels)}.")
+    curves = [_curves(r.records) for r in reports]
+    if not any(c[0] for c in curves) and not scenarios:
+        raise InvalidInputError(
+            "nothing to plot: the runs' step logs hold no loss (did the adapter see a loss?) and no what-if was given."
+        )
+    Figure = _figure_class()
+    panels = 3 if scenarios else 2
+    fig = Figure(figsize=(5.0 * panels, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels)
+    max_kg = max((max(c[0]) for c in curves if c[0]), default=0.0)
+    scale, unit = _unit(max_kg)
+    e_scale, e_unit = _energy_unit(max((max(c[1]) for c in curves if c[1]), default=0.0))
+    for (co2, kwh, loss), label in zip(curves, labels):
+        if co2:
+            axes[0].plot([x * scale for x in co2], loss, marker=".", label=label)
+            axes[1].plot([x * e_scale for x in kwh], loss, marker=".", label=label)
+    axes[0].set(xlabel=f"cumulative {unit} (gross)", ylabel="training loss", title="loss vs carbon")
+    axes[1].set(xlabel=f"cumulative energy, {e_unit} (facility)", ylabel="training loss", title="loss vs energy")
+    for ax in axes[:2]:
+        ax.grid(True, alpha=0.3)
+        if any(c[0] for c in curves):
+            ax.legend(fontsize="small")
+    if scenarios:
+        _bars(axes[2], scenarios)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _bars(ax, scenarios: Sequence) -> None:
+    shown = list(scenarios[:MAX_BARS])
+    actual = [s for s in scenarios if s.is_actual]
+    if actual and actual[0] not in shown:
+        shown[-1] = actual[0]
+    scale, unit = _unit(max(s.gross_co2e_kg for s in shown))
+    names = [f"{s.model} | {s.chip} | {s.region} | PUE {s.pue:.3g}" for s in shown]
+    positions = range(len(shown))
+    ax.barh(positions, [s.gross_co2e_kg * scale for s in shown], color="0.85", label="gross")
+    ax.barh(
+        positions,
+        [s.net_co2e_kg * scale for s in shown],
+        height=0.5,
+        color=["tab:red" if s.is_actual else "tab:green" for s in shown],
+        label="net",
+    )
+    ax.set_yticks(list(positions), names, fontsize="x-small")
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{unit} (chip and MoE-twin rows are estimates)", title="what-if (red: this run)")
+    ax.legend(fontsize="small")

@@ -1,0 +1,545 @@
+"""JAX/Flax: wrap a training step so every step's metrics carry its energy, CO2e, FLOPs and MFU.
+
+`track(train_step, ...)` returns a callable with `train_step`'s signature. It calls the step as it is (jitted or
+not, Linen or NNX, with its donation and sharding), and around it does in plain Python what every adapter does
+through `carbon_callbacks._tracker.Tracker`: per step a few additions in memory; every `log_every_n_steps` steps
+one `jax.block_until_ready` on the step's outputs, one meter reading and, with several processes, one sum of the
+totals across processes. Nothing runs inside `jit`.
+
+Example:
+    >>> from carbon_callbacks.flax import track
+    >>> step = track(train_step, region="us-central1", log_every_n_steps=10)  # doctest: +SKIP
+    >>> with step:  # doctest: +SKIP
+    ...     for batch in batches:
+    ...         state, metrics = step(state, batch)  # metrics now holds carbon/co2e_kg, carbon/flops, ...
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import functools
+import logging
+import math
+import struct
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from carbon_callbacks._errors import InvalidInputError, check_number
+from carbon_callbacks._report import format_report
+from carbon_callbacks._tracker import Tracker
+
+try:
+    import jax
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError("carbon_callbacks.flax needs JAX: pip install 'carbon-callbacks[jax]'") from err
+
+log = logging.getLogger(__name__)
+
+#: Steps per logging interval when the user gives none: JAX has no trainer with a default of its own, so we take
+#: the one Lightning uses (`Trainer(log_every_n_steps=50)`).
+DEFAULT_LOG_EVERY_N_STEPS = 50
+#: Where runs go when `output_dir` is not given: `./carbon-runs/<UTC timestamp>`, as the Keras callback does.
+DEFAULT_RUNS_DIR = "carbon-runs"
+#: Metric keys a step's metrics always carry (more when FLOPs and a peak are known).
+BASE_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/step_time_s")
+
+
+class StepFlops(NamedTuple):
+    """FLOPs of one step for one input signature, counted once.
+
+    Attributes:
+        model_flops: FLOPs the model needs per step (top-k experts only); `None` when not counted.
+        hardware_flops: FLOPs that run per step (padding, dispatch); `None` when not counted.
+        method: how they were obtained (`carbon_callbacks.flops.count`'s label, or `"given"`), for `run.json`.
+    """
+
+    model_flops: float | None
+    hardware_flops: float | None
+    method: str | None
+
+
+class StepCounters(NamedTuple):
+    """What the wrapper has seen so far; replaced, never mutated (read it with `TrackedStep.counters`).
+
+    Attributes:
+        steps: calls of the step since the run began.
+        signatures: distinct input shapes/dtypes seen, i.e. FLOP counts made.
+        intervals: logging intervals closed (one device sync and one meter reading each).
+    """
+
+    steps: int = 0
+    signatures: int = 0
+    intervals: int = 0
+
+
+_PYTHON_SCALARS = (bool, int, float, complex)
+
+
+def _leaf_signature(leaf: Any) -> tuple:
+    shape = getattr(leaf, "shape", None)
+    if shape is not None:
+        return (tuple(shape), getattr(leaf, "dtype", None))
+    if isinstance(leaf, _PYTHON_SCALARS):  # `TrainState.create(...).step` is a Python 0, later an int32 array
+        return ((), jax.dtypes.canonicalize_dtype(type(leaf)))
+    return (type(leaf),)
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """A hashable key of the arguments' tree structure and leaf shapes/dtypes (not their values)."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    return (treedef, *map(_leaf_signature, leaves))
+
+
+def _default_output_dir() -> Path:
+    """`./carbon-runs/<UTC timestamp>`, with a suffix when two runs start in the same second."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(DEFAULT_RUNS_DIR) / stamp
+    suffix = 1
+    while path.exists():
+        path = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{suffix}"
+        suffix += 1
+    return path
+
+
+def _pack(values: Sequence[float]) -> list[int]:
+    """float64 values as pairs of uint32 words, so an all-gather over 32-bit JAX arrays stays exact."""
+    return list(struct.unpack(f"<{2 * len(values)}I", struct.pack(f"<{len(values)}d", *values)))
+
+
+def _unpack(words: Sequence[int]) -> list[float]:
+    return list(struct.unpack(f"<{len(words) // 2}d", struct.pack(f"<{len(words)}I", *words)))
+
+
+def _process_sum(values: Sequence[float]) -> list[float]:
+    """Sums `values` over JAX processes with `multihost_utils.process_allgather` (call on every process).
+
+    The float64 totals travel bit-exact as uint32 words (JAX keeps 32-bit types unless x64 is on) and are summed
+    on the host in float64, in process order, so every process gets the same result.
+    """
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(_pack(values), dtype=np.uint32))
+    rows = np.asarray(gathered).reshape(jax.process_count(), -1)
+    per_process = [_unpack(row.tolist()) for row in rows]
+    return [math.fsum(column) for column in zip(*per_process)]
+
+
+def _count_params(args: tuple) -> int | None:
+    """Parameters of the model among the step's arguments: a `TrainState`'s `params` or an NNX module's `Param`s."""
+    nnx = sys.modules.get("flax.nnx")  # only if the user imported it
+    for arg in args:
+        if nnx is not None and isinstance(arg, nnx.Module):
+            params = nnx.state(arg, nnx.Param)
+        else:
+            params = getattr(arg, "params", None)
+        if params is not None:
+            return sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree_util.tree_leaves(params))
+    return None
+
+
+def _add_metrics(out: Any, carbon: dict[str, float]) -> Any:
+    """Adds `carbon` to the metrics dict that ends a tuple output; returns the (possibly rebuilt) output."""
+    if not isinstance(out, tuple) or not out or not isinstance(out[-1], Mapping):
+        return out
+    metrics = out[-1]
+    if type(metrics) is dict:
+        metrics.update(carbon)  # the step returned a fresh dict: adding keys costs nothing else
+        return out
+    merged = {**metrics, **carbon}
+    try:
+        merged = type(metrics)(merged)  # FrozenDict and other mappings built from a dict
+    except Exception:  # a mapping type that cannot be rebuilt from a dict: hand back a plain dict
+        pass
+    if hasattr(out, "_fields"):  # a NamedTuple
+        return type(out)(*out[:-1], merged)
+    return (*out[:-1], merged)
+
+
+def _find_loss(out: Any) -> Any:
+    """The scalar `loss` entry of the step's metrics dict, left on the device.
+
+    The tracker keeps it as it is and converts it to a float only when the interval closes, after the device
+    sync, so reading the loss never makes a step wait.
+    """
+    if isinstance(out, tuple) and out and isinstance(out[-1], Mapping):
+        loss = out[-1].get("loss")
+        if isinstance(loss, (int, float)) or getattr(loss, "shape", None) == ():
+            return loss
+    return None
+
+
+class TrackedStep:
+    """A training step that reports its energy, CO2e, FLOPs and MFU; made by `track`.
+
+    Call it exactly like the step it wraps. Use it as a context manager, or call `close()`, to write the run
+    files and print the report; otherwise that happens when the interpreter exits.
+
+    Attributes:
+        tracker: the `Tracker` doing the accounting (shared logic of every adapter).
+        counters: a `StepCounters` of steps, FLOP counts and closed intervals.
+    """
+
+    def __init__(self, train_step: Callable, tracker: Tracker, model_flops: float | None = None) -> None:
+        if not callable(train_step):
+            raise InvalidInputError(
+                f"train_step must be the training step function, got {type(train_step).__name__}: {train_step!r}."
+            )
+        self.__wrapped__ = train_step
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            try:
+                setattr(self, name, getattr(train_step, name))
+            except AttributeError:
+                pass
+        self.tracker = tracker
+        self._user_meter = tracker.meter is not None
+        self._model_flops_attr = model_flops
+        self._flops_cache: dict[tuple, StepFlops] = {}
+        self._only: StepFlops | None = None  # the FLOPs of the one signature seen, while it is the only one
+        self._last_cache_size: int | None = None
+        self._cache_was_empty = False
+        self._started = False
+        self._closed = False
+        self._summary: dict | None = None
+        self._last_out: Any = None
+        self._last_metrics: dict[str, float] = {}
+        self._last_raised = False
+        self._world_size = 1
+        self._warned: set[str] = set()
+        self.counters = StepCounters()
+
+    # ------------------------------------------------------------------------------------------- the step
+    def __call__(self, *args, **kwargs):
+        if self._closed:
+            self._warn_once(
+                "closed",
+                "carbon-callbacks: this tracked step was closed; further steps are not tracked. "
+                "Call track(train_step, ...) again for a new run.",
+            )
+            return self.__wrapped__(*args, **kwargs)
+        if not self._started:
+            try:
+                self._start()
+            except Exception as err:  # our bookkeeping must never stop training
+                self._warn_failure(err)
+        self._last_raised = True
+        out = self.__wrapped__(*args, **kwargs)
+        self._last_raised = False
+        # Everything below runs while the device works on the step just dispatched.
+        try:
+            return self._after_step(out, self._flops_for(args, kwargs))
+        except Exception as err:
+            self._warn_failure(err)
+            return out
+
+    def _after_step(self, out: Any, flops: StepFlops | None) -> Any:
+        tracker = self.tracker
+        self.counters = self.counters._replace(steps=self.counters.steps + 1)
+        self._last_out = out
+        if tracker.pending_steps + 1 >= tracker.interval:  # the only wait for the device: once per interval
+            jax.block_until_ready(out)
+        closed = tracker.step_end(
+            model_flops=flops.model_flops if flops else None,
+            hardware_flops=flops.hardware_flops if flops else None,
+            loss=_find_loss(out),
+            step=self.counters.steps,
+        )
+        if closed:
+            if self._world_size > 1:
+                tracker.sync(_process_sum, self._world_size)
+            self._last_metrics.update(tracker.metrics())
+            self.counters = self.counters._replace(intervals=self.counters.intervals + 1)
+        if flops is not None and flops.model_flops is not None and tracker.flops is None:
+            self._last_metrics["carbon/flops"] = flops.model_flops  # this step's own count, exact
+        return _add_metrics(out, self._last_metrics)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def _start(self) -> None:
+        """Begins the run at the first call, after the user's `jax.distributed.initialize`."""
+        tracker = self.tracker
+        self._world_size = jax.process_count()
+        if tracker.num_chips is None and jax.default_backend() != "cpu":
+            tracker.num_chips = jax.device_count()  # every accelerator of every process, not one per process
+        if not self._user_meter:
+            tracker.meter = None  # a fresh default meter per run
+        tracker.start(
+            output_dir=_default_output_dir() if tracker.output_dir is None else None,
+            log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
+            world_size=self._world_size,
+            rank=jax.process_index(),
+            info={"framework": f"jax {jax.__version__}", "step_function": getattr(self, "__qualname__", None)},
+        )
+        if self._model_flops_attr is not None and tracker.flops is None:
+            tracker.accountant.annotate(flops_method="given")
+        keys = list(BASE_KEYS)
+        if tracker.flops is not None or self._model_flops_attr is not None:
+            keys.append("carbon/flops")
+            if tracker.accountant.peak_flops is not None:
+                keys.append("carbon/mfu")
+        # Not measured before the first interval closes: NaN, the float a logger shows as "no value".
+        self._last_metrics = dict.fromkeys(keys, math.nan)
+        if tracker.flops is not None:
+            self._last_metrics["carbon/flops"] = tracker.flops
+        # Only entries compiled while we watch can be attributed to a signature we saw.
+        self._cache_was_empty = self._jit_cache_size() == 0
+        self._only, self._last_cache_size = None, None
+        self._started = True
+        atexit.register(self._close_at_exit)
+
+    def _flops_for(self, args: tuple, kwargs: dict) -> StepFlops | None:
+        """This step's FLOPs, counted once per distinct input signature.
+
+        Called after the step was dispatched: tracing needs only shapes and dtypes, which donated (deleted)
+        arrays keep. The signature (a tree flatten, tens of microseconds for a large state) is skipped while the
+        jitted step's own cache shows that it ran a computation compiled for the one signature seen so far.
+        """
+        if self.tracker.flops is not None:
+            return None  # the tracker uses the given figure
+        if self._model_flops_attr is not None:
+            return StepFlops(self._model_flops_attr, self._model_flops_attr, "given")
+        size = self._jit_cache_size()
+        if self._only is not None and size is not None and size == self._last_cache_size:
+            return self._only
+        key = _signature(args, kwargs)
+        cached = self._flops_cache.get(key)
+        if cached is None:
+            cached = self._flops_cache[key] = self._count(args, kwargs)
+            self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
+        self._last_cache_size = size
+        self._only = cached if len(self._flops_cache) == 1 and self._cache_was_empty else None
+        return cached
+
+    def _jit_cache_size(self) -> int | None:
+        """Entries in the jitted step's compilation cache (`None` for a step that has no such cache).
+
+        `jax.jit` functions have `_cache_size()`; `nnx.jit` ones keep their `jax.jit` function as `jitted_fn`.
+        """
+        fn = self.__wrapped__
+        size = getattr(fn, "_cache_size", None) or getattr(getattr(fn, "jitted_fn", None), "_cache_size", None)
+        if size is None:
+            return None
+        try:
+            return int(size())
+        except Exception:
+            return None
+
+    def _count(self, args: tuple, kwargs: dict) -> StepFlops:
+        from carbon_callbacks import flops as flops_module
+
+        fn = functools.partial(self.__wrapped__, **kwargs) if kwargs else self.__wrapped__
+        try:
+            result = flops_module.count(fn, *args, framework="jax")
+        except Exception as err:
+            self._warn_once(
+                "count",
+                f"carbon-callbacks: counting the step's FLOPs failed ({type(err).__name__}: {err}); carbon/flops and "
+                "carbon/mfu are not reported. Pass flops=<model FLOPs per step> to track() to give them.",
+            )
+            return StepFlops(None, None, None)
+        for message in getattr(result, "warnings", ()) or ():
+            self._warn_once(f"count:{message}", f"carbon-callbacks: {message}")
+        model = getattr(result, "model_flops", None)
+        model = float(model if model is not None else result.total)
+        hardware = getattr(result, "hardware_flops", None)
+        hardware = float(hardware) if hardware is not None else model
+        method = getattr(result, "method", None)
+        info = {"flops_method": method}
+        if "params_total" not in self.tracker.accountant.info:
+            params = _count_params(args)
+            if params:
+                info.update(params_total=params, params_source="counted: the step's parameter arrays")
+        self.tracker.accountant.annotate(**info)
+        if "carbon/flops" not in self._last_metrics:
+            self._last_metrics["carbon/flops"] = model
+            if self.tracker.accountant.peak_flops is not None:
+                self._last_metrics["carbon/mfu"] = math.nan
+        log.info("carbon-callbacks: %s FLOPs per step (%s) for a new input signature", f"{model:.4g}", method)
+        return StepFlops(model, hardware, method)
+
+    def close(self, status: str | None = None) -> dict | None:
+        """Ends the run: waits for the last step, sums over processes, writes the run files, prints the report.
+
+        Call it on every process (it takes part in a collective when there are several). Safe to call twice.
+
+        Args:
+            status: `"finished"`, `"interrupted"` or `"failed"`. Defaults to `None`: `"interrupted"` when the
+                last call of the step raised, else `"finished"`.
+
+        Returns:
+            The `run.json` content, or `None` when the step was never called.
+        """
+        if self._closed:
+            return self._summary
+        self._closed = True
+        atexit.unregister(self._close_at_exit)
+        if not self._started:
+            return None
+        status = status or ("interrupted" if self._last_raised else "finished")
+        tracker = self.tracker
+        try:
+            out, self._last_out = self._last_out, None
+            tracker.close_interval(sync=lambda: self._block(out))
+            if self._world_size > 1:
+                tracker.sync(_process_sum, self._world_size)
+        except Exception as err:
+            self._warn_failure(err)
+        try:
+            self._summary = tracker.finish(status=status)
+        except Exception as err:
+            self._warn_failure(err)
+            self._summary = tracker.accountant.summary()
+        finally:
+            tracker.close_meter()
+        if tracker.rank == 0 and self._summary is not None:
+            print(format_report(self._summary), flush=True)
+            if tracker.run_dir is not None:
+                log.info("carbon-callbacks: run files in %s", tracker.run_dir)
+        return self._summary
+
+    def summary(self) -> dict | None:
+        """The `run.json` content as of the last closed interval (the final one after `close()`)."""
+        if self._summary is not None:
+            return self._summary
+        return self.tracker.accountant.summary() if self.tracker.accountant is not None else None
+
+    def metrics(self) -> dict[str, float]:
+        """The `carbon/*` values added to the last step's metrics (for steps that return no metrics dict)."""
+        return dict(self._last_metrics)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Where the run files are written (`None` on processes other than 0 and before the first step)."""
+        return self.tracker.run_dir
+
+    def __enter__(self) -> TrackedStep:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(status="interrupted" if exc_type is not None else None)
+
+    def __getattr__(self, name: str):
+        # Only reached for names this object lacks: the jitted step's own API (`lower`, `trace`, ...).
+        wrapped = self.__dict__.get("__wrapped__")
+        if wrapped is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(wrapped, name)
+
+    def __repr__(self) -> str:
+        return f"TrackedStep({self.__wrapped__!r})"
+
+    # ------------------------------------------------------------------------------------------- internals
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as err:  # never fail the interpreter's exit
+            log.warning("carbon-callbacks: closing the run at exit failed: %s", err)
+
+    @staticmethod
+    def _block(out: Any) -> None:
+        if out is None:
+            return
+        try:
+            jax.block_until_ready(out)
+        except Exception:  # outputs already donated to a later call: nothing left to wait for
+            pass
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _warn_failure(self, err: Exception) -> None:
+        log.debug("carbon-callbacks failure", exc_info=err)
+        self._warn_once(
+            "failure",
+            f"carbon-callbacks: tracking failed ({type(err).__name__}: {err}); training continues, the run's totals "
+            "may miss the affected steps.",
+        )
+
+
+def track(
+    train_step: Callable,
+    *,
+    region: str | None = None,
+    intensity: float | None = None,
+    net_intensity: float | None = None,
+    pue: float | None = None,
+    chip: str | None = None,
+    num_chips: int | None = None,
+    output_dir: str | Path | None = None,
+    log_every_n_steps: int | None = None,
+    flops: float | None = None,
+    meter=None,
+    dtype: str = "bf16",
+) -> TrackedStep:
+    """Wraps a JAX/Flax training step so its metrics carry `carbon/*` values and the run is written to disk.
+
+    Where the step returns a tuple ending in a dict of metrics (`state, metrics = train_step(state, batch)`), the
+    `carbon/*` keys are added to that dict on every step: fresh values when a logging interval closes, the last
+    known ones in between (NaN before the first interval closes). Every other output is returned untouched.
+
+    Args:
+        train_step: the step, jitted (`jax.jit`, `nnx.jit`) or not. Its donation and sharding are kept.
+        region: a name from the regions table. Defaults to `None`.
+        intensity: gross grid intensity, kg CO2e/kWh. Defaults to `None`. One of `region`/`intensity` is required.
+        net_intensity: net intensity after the datacenter's carbon-free energy, kg CO2e/kWh. Defaults to `None`.
+        pue: power usage effectiveness. Defaults to `None`: the provider's, else the industry average.
+        chip: the accelerator's name in the chips table (for MFU and modeled power). Defaults to `None`.
+        num_chips: chips in the whole run. Defaults to `None`: `jax.device_count()` on accelerators, one per
+            process on CPU.
+        output_dir: where process 0 writes `run.json` and `steps.jsonl`. Defaults to `None`:
+            `./carbon-runs/<UTC timestamp>`.
+        log_every_n_steps: steps per interval (one device sync and one meter reading each). Defaults to `None`:
+            50.
+        flops: model FLOPs per step, overriding counting; a `flops_per_batch` attribute on the step function
+            works too. Defaults to `None`: counted from the step's jaxpr, once per input signature.
+        meter: a `carbon_callbacks.meters` meter. Defaults to `None`: the best one available.
+        dtype: the dtype whose dense peak defines MFU. Defaults to `"bf16"`.
+
+    Returns:
+        A `TrackedStep`: call it like `train_step`; `.summary()`, `.metrics()`, `.close()`, context manager.
+
+    Raises:
+        InvalidInputError: for no region and no intensity, or an unusable number.
+        UnknownNameError: for a region or chip not in the tables.
+
+    Example:
+        >>> step = track(train_step, region="us-central1", chip="a100", output_dir="runs/dense")  # doctest: +SKIP
+        >>> state, metrics = step(state, batch)  # doctest: +SKIP
+        >>> metrics["carbon/co2e_kg"]  # doctest: +SKIP
+
+    Notes:
+        Timing is per interval: the interval's wall time from one device sync to the next, split evenly over its
+        steps (`carbon/step_time_s`), so asynchronous dispatch is not serialised between syncs. With several
+        processes (`jax.distributed.initialize` before the first step), every process must call the step the
+        same number of times and call `close()`; totals are summed over processes at every interval and process
+        0 alone writes the files. The first call of a new input signature traces the step once more to count
+        its FLOPs (no compilation), after the step was dispatched. A traced count sees what runs: for an MoE
+        model that is its hardware FLOPs (capacity padding included), which then also stand for the model FLOPs
+        in `carbon/flops` and MFU; pass `flops=transformer_flops(config).model_flops` to base MFU on the routed
+        experts only.
+    """
+    tracker = Tracker(
+        region=region,
+        intensity=intensity,
+        net_intensity=net_intensity,
+        pue=pue,
+        chip=chip,
+        num_chips=num_chips,
+        output_dir=output_dir,
+        log_every_n_steps=log_every_n_steps,
+        flops=flops,
+        meter=meter,
+        dtype=dtype,
+    )
+    model_flops = getattr(train_step, "flops_per_batch", None)
+    if model_flops is not None:
+        model_flops = check_number("flops_per_batch", model_flops, non_negative=True)
+    return TrackedStep(train_step, tracker, model_flops=model_flops)
+
+
+__all__ = ["BASE_KEYS", "StepCounters", "StepFlops", "TrackedStep", "track"]

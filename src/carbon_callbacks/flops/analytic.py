@@ -1,0 +1,341 @@
+"""Exact matmul FLOPs and parameter counts of dense and mixture-of-experts transformers, in pure Python.
+
+Conventions (the same in every counter of this package; see docs/flops.md):
+- a multiply-add is 2 FLOPs; only matrix products are counted (projections, attention scores and values, FFN,
+  router, logits, MoE dispatch/combine einsums). Softmax, norms, activations, biases and the loss are not counted.
+- attention is counted without causal-mask halving unless `causal=True` is asked for, which counts the
+  S (S + 1) / 2 query-key pairs on and below the diagonal of each decoder self-attention.
+- a training step is forward + backward, and the backward of a matrix product is 2 x its forward (the gradients
+  of both operands), so a step is 3 x forward. The one exception is the dispatch einsum of the `dense_dispatch`
+  MoE implementation, whose one-hot dispatch mask takes no gradient: its backward is 1 x forward.
+- model FLOPs count for an MoE layer the router and the top-k experts each token is routed to, no padding;
+  hardware FLOPs count what the named implementation runs (`MOE_IMPLEMENTATIONS`).
+- parameters activated per token are all parameters outside the experts plus `top_k` experts per MoE layer.
+
+The shape of the model: a decoder-only stack (GPT) or, with `num_decoder_layers`, an encoder-decoder (T5,
+GShard, Switch) whose decoder layers add cross-attention over the encoder output. Every `moe_every`-th layer of
+each stack (layer indices `moe_every - 1, 2 * moe_every - 1, ...`) has an MoE FFN in place of the dense one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+
+from carbon_callbacks._errors import InvalidInputError, check_count, check_number, unknown_name
+
+#: How an MoE layer is run; each has its own hardware-FLOP formula.
+#: - `token_gather`: tokens are gathered into `num_experts` buffers of `capacity` slots each (empty slots are
+#:   padding), experts run as one batched matmul over all slots, outputs are scattered back (GShard/Switch
+#:   capacity, gather/scatter implementation). Hardware = model + the padding slots' expert FLOPs.
+#: - `dense_dispatch`: as above but dispatch and combine are one-hot einsums (`tec,td->ecd`, `tec,ecd->td`), as
+#:   in GShard and Mesh TensorFlow; adds 2 x tokens x experts x capacity x d_model FLOPs per einsum.
+#: - `compute_all_mask`: every expert runs on every token, outputs are masked by the gates and summed with one
+#:   einsum (`te,ted->td`).
+MOE_IMPLEMENTATIONS = ("token_gather", "dense_dispatch", "compute_all_mask")
+
+#: Layer kinds of the breakdown, in report order.
+LAYER_KINDS = ("attention", "dense_ffn", "moe_experts", "router", "moe_dispatch", "embeddings_logits")
+
+#: Norm layers and the parameters each holds per unit of d_model.
+NORMS = {"layernorm": 2, "rmsnorm": 1, "none": 0}
+
+
+def expert_capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Slots per expert: `ceil(capacity_factor * tokens * top_k / num_experts)` (GShard, Switch Transformer).
+
+    The product is taken in exact rational arithmetic from the decimal value of `capacity_factor`, so 1.1 x 100
+    tokens gives 110 slots, not 111.
+
+    Args:
+        tokens: tokens entering the MoE layer (batch x sequence for one group).
+        num_experts: experts of the layer.
+        top_k: experts each token is sent to.
+        capacity_factor: slots per expert relative to a perfectly balanced load.
+    """
+    tokens = check_count("tokens", tokens)
+    num_experts = check_count("num_experts", num_experts)
+    top_k = check_count("top_k", top_k)
+    factor = Fraction(str(check_number("capacity_factor", capacity_factor, positive=True)))
+    return max(1, math.ceil(factor * tokens * top_k / num_experts))
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shape of a transformer for `transformer_flops`.
+
+    Args:
+        num_layers: layers of the decoder (decoder-only) or of the encoder (encoder-decoder).
+        d_model: width of the residual stream.
+        num_heads: attention heads.
+        seq_len: tokens per sequence (the encoder's, for an encoder-decoder).
+        batch_size: sequences per training step.
+        vocab_size: vocabulary size.
+        d_ff: hidden width of the FFN and of each expert. Defaults to `None` (4 x d_model).
+        head_dim: width of each attention head. Defaults to `None` (d_model // num_heads).
+        num_experts: experts per MoE layer; 0 for a dense model. Defaults to `0`.
+        top_k: experts each token is routed to. Defaults to `1`.
+        capacity_factor: expert capacity relative to a balanced load. Defaults to `1.0`.
+        moe_every: every `moe_every`-th layer is MoE (1: all layers, 2: every other). Defaults to `1`.
+        num_decoder_layers: decoder layers of an encoder-decoder; `None` for a decoder-only model.
+            Defaults to `None`.
+        decoder_seq_len: target length of an encoder-decoder. Defaults to `None` (seq_len).
+        gated_ffn: FFN with a gated linear unit (3 matrices, as in T5.1.1 GEGLU) instead of 2.
+            Defaults to `False`.
+        tied_embeddings: the logits reuse the input embedding matrix. Defaults to `False`.
+        learned_positions: a learned position table (GPT-2) counted in the parameters. Defaults to `True`.
+        norm: `"layernorm"`, `"rmsnorm"` or `"none"`, for the parameter count. Defaults to `"layernorm"`.
+        bias: linear layers carry biases (parameters only; bias additions are not FLOPs). Defaults to `False`.
+    """
+
+    num_layers: int
+    d_model: int
+    num_heads: int
+    seq_len: int
+    batch_size: int
+    vocab_size: int
+    d_ff: int | None = None
+    head_dim: int | None = None
+    num_experts: int = 0
+    top_k: int = 1
+    capacity_factor: float = 1.0
+    moe_every: int = 1
+    num_decoder_layers: int | None = None
+    decoder_seq_len: int | None = None
+    gated_ffn: bool = False
+    tied_embeddings: bool = False
+    learned_positions: bool = True
+    norm: str = "layernorm"
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "d_model", "num_heads", "seq_len", "batch_size", "vocab_size", "moe_every"):
+            check_count(name, getattr(self, name))
+        for name in ("d_ff", "head_dim", "num_decoder_layers", "decoder_seq_len"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        check_count("num_experts", self.num_experts, minimum=0)
+        check_count("top_k", self.top_k)
+        check_number("capacity_factor", self.capacity_factor, positive=True)
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise InvalidInputError(
+                f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads}), or pass head_dim."
+            )
+        if self.num_experts and self.top_k > self.num_experts:
+            raise InvalidInputError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts}).")
+        if self.norm not in NORMS:
+            raise unknown_name("norm", self.norm, NORMS)
+
+    @property
+    def ffn_dim(self) -> int:
+        """Hidden width of the FFN and of each expert."""
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def attn_dim(self) -> int:
+        """num_heads x head_dim: the width of Q, K and V."""
+        return self.num_heads * (self.head_dim if self.head_dim is not None else self.d_model // self.num_heads)
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.num_decoder_layers is not None
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index` (0-based, within its stack) has an MoE FFN."""
+        return self.num_experts > 0 and (index + 1) % self.moe_every == 0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(TransformerConfig)}
+
+
+@dataclass(frozen=True)
+class TransformerFlops:
+    """FLOPs per training step and parameter counts of one `TransformerConfig`.
+
+    Attributes:
+        model_flops: FLOPs of one training step (forward + backward) the model needs: top-k experts, no padding.
+        hardware_flops: FLOPs of one training step as `moe_implementation` runs it.
+        forward_model_flops: model FLOPs of the forward pass alone.
+        forward_hardware_flops: hardware FLOPs of the forward pass alone.
+        params_total: all parameters.
+        params_active_per_token: parameters a token passes through (all but the experts it is not routed to).
+        percent_active: 100 x params_active_per_token / params_total.
+        tokens_per_step: batch_size x the sequence length the logits are computed on.
+        breakdown: model FLOPs per step by layer kind (`LAYER_KINDS`).
+        hardware_breakdown: hardware FLOPs per step by layer kind.
+        moe_implementation: the implementation `hardware_flops` is for.
+        causal: whether decoder self-attention was counted on the lower triangle only.
+        expert_capacity: slots per expert per MoE layer (per stack for an encoder-decoder); 0 for a dense model.
+    """
+
+    model_flops: int
+    hardware_flops: int
+    forward_model_flops: int
+    forward_hardware_flops: int
+    params_total: int
+    params_active_per_token: int
+    percent_active: float
+    tokens_per_step: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+    hardware_breakdown: dict[str, int] = field(default_factory=dict)
+    moe_implementation: str = "token_gather"
+    causal: bool = False
+    expert_capacity: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Tally:
+    """Per-kind forward FLOPs, and the part of them whose backward is 1x rather than 2x."""
+
+    def __init__(self) -> None:
+        self.forward = dict.fromkeys(LAYER_KINDS, 0)
+        self.step = dict.fromkeys(LAYER_KINDS, 0)
+
+    def add(self, kind: str, flops: int, backward_factor: int = 2) -> None:
+        self.forward[kind] += flops
+        self.step[kind] += flops * (1 + backward_factor)
+
+
+def _attention(t: _Tally, cfg: TransformerConfig, batch: int, q_len: int, kv_len: int, causal: bool) -> None:
+    d, a = cfg.d_model, cfg.attn_dim
+    t.add("attention", 2 * batch * q_len * d * a)  # Q
+    t.add("attention", 2 * batch * kv_len * d * 2 * a)  # K, V
+    pairs = q_len * (q_len + 1) // 2 if causal else q_len * kv_len
+    t.add("attention", 2 * 2 * batch * pairs * a)  # scores QK^T and the weighted sum of V, over all heads
+    t.add("attention", 2 * batch * q_len * a * d)  # output projection
+
+
+def _ffn(t: _Tally, cfg: TransformerConfig, tokens: int, moe: bool, impl: str, hardware: bool) -> int:
+    """Adds one FFN (dense or MoE) for `tokens` tokens; returns the expert capacity used (0 if dense)."""
+    d, f = cfg.d_model, cfg.ffn_dim
+    per_token = 2 * d * f * (3 if cfg.gated_ffn else 2)  # FLOPs of one token through one FFN / expert
+    if not moe:
+        t.add("dense_ffn", tokens * per_token)
+        return 0
+    e, k = cfg.num_experts, cfg.top_k
+    t.add("router", 2 * tokens * d * e)
+    capacity = expert_capacity(tokens, e, k, cfg.capacity_factor)
+    if not hardware:
+        t.add("moe_experts", tokens * k * per_token)
+    elif impl == "compute_all_mask":
+        t.add("moe_experts", tokens * e * per_token)
+        t.add("moe_dispatch", 2 * tokens * e * d)  # combine: te,ted->td
+    else:
+        t.add("moe_experts", e * capacity * per_token)
+        if impl == "dense_dispatch":
+            t.add("moe_dispatch", 2 * tokens * e * capacity * d, backward_factor=1)  # tec,td->ecd; mask: no grad
+            t.add("moe_dispatch", 2 * tokens * e * capacity * d)  # tec,ecd->td; combine weights take gradients
+    return capacity
+
+
+def _tally(cfg: TransformerConfig, impl: str, causal: bool, hardware: bool) -> tuple[_Tally, int]:
+    t = _Tally()
+    b = cfg.batch_size
+    capacity = 0
+    if cfg.encoder_decoder:
+        enc_len, dec_len = cfg.seq_len, cfg.decoder_seq_len or cfg.seq_len
+        for i in range(cfg.num_layers):
+            _attention(t, cfg, b, enc_len, enc_len, causal=False)
+            capacity = _ffn(t, cfg, b * enc_len, cfg.is_moe_layer(i), impl, hardware) or capacity
+        for i in range(cfg.num_decoder_layers):
+            _attention(t, cfg, b, dec_len, dec_len, causal=causal)
+            _attention(t, cfg, b, dec_len, enc_len, causal=False)
+            capacity = _ffn(t, cfg, b * dec_len, cfg.is_moe_layer(i), impl, hardware) or capacity
+        out_len = dec_len
+    else:
+        for i in range(cfg.num_layers):
+            _attention(t, cfg, b, cfg.seq_len, cfg.seq_len, causal=causal)
+            capacity = _ffn(t, cfg, b * cfg.seq_len, cfg.is_moe_layer(i), impl, hardware) or capacity
+        out_len = cfg.seq_len
+    t.add("embeddings_logits", 2 * b * out_len * cfg.d_model * cfg.vocab_size)
+    return t, capacity
+
+
+def _params(cfg: TransformerConfig) -> tuple[int, int]:
+    """(total, active per token) parameter counts."""
+    d, f, a, e, k = cfg.d_model, cfg.ffn_dim, cfg.attn_dim, cfg.num_experts, cfg.top_k
+    norm = NORMS[cfg.norm] * d
+    bias = cfg.bias
+    attn = 4 * d * a + (3 * a + d if bias else 0)
+    ffn_mats = 3 if cfg.gated_ffn else 2
+    expert = ffn_mats * d * f + ((ffn_mats - 1) * f + d if bias else 0)
+    router = d * e
+
+    def stack(layers: int, attn_blocks: int) -> tuple[int, int]:
+        total = active = 0
+        for i in range(layers):
+            base = attn_blocks * (attn + norm) + norm
+            if cfg.is_moe_layer(i):
+                total += base + router + e * expert
+                active += base + router + k * expert
+            else:
+                total += base + expert
+                active += base + expert
+        return total + norm, active + norm  # the stack's final norm
+
+    total, active = stack(cfg.num_layers, 1)
+    positions = cfg.seq_len * d if cfg.learned_positions else 0
+    if cfg.encoder_decoder:
+        dec_total, dec_active = stack(cfg.num_decoder_layers, 2)
+        total, active = total + dec_total, active + dec_active
+        if cfg.learned_positions:
+            positions += (cfg.decoder_seq_len or cfg.seq_len) * d
+    embed = cfg.vocab_size * d + positions
+    head = 0 if cfg.tied_embeddings else cfg.vocab_size * d
+    head += cfg.vocab_size if bias else 0
+    return total + embed + head, active + embed + head
+
+
+def transformer_flops(
+    config: TransformerConfig,
+    *,
+    moe_implementation: str | None = None,
+    causal: bool = False,
+) -> TransformerFlops:
+    """Exact matmul FLOPs per training step and parameter counts of a transformer.
+
+    Args:
+        config: the model's shape; a `carbon_callbacks.models.GPTConfig` works too (its `moe_implementation`
+            is then the default).
+        moe_implementation: one of `MOE_IMPLEMENTATIONS`, for `hardware_flops`. Defaults to `None`
+            (`config.moe_implementation` if it has one, else `"token_gather"`).
+        causal: count decoder self-attention on the lower triangle only (S (S + 1) / 2 pairs). Defaults to
+            `False`: the full S x S, which is what dense attention kernels compute.
+
+    Returns:
+        A `TransformerFlops`.
+
+    Raises:
+        UnknownNameError: for an unknown `moe_implementation`.
+
+    Example:
+        >>> cfg = TransformerConfig(num_layers=2, d_model=128, num_heads=4, seq_len=64, batch_size=8,
+        ...                         vocab_size=512, d_ff=512)
+        >>> transformer_flops(cfg).model_flops
+        1509949440
+    """
+    impl = moe_implementation or getattr(config, "moe_implementation", None) or "token_gather"
+    if impl not in MOE_IMPLEMENTATIONS:
+        raise unknown_name("moe_implementation", impl, MOE_IMPLEMENTATIONS)
+    model, capacity = _tally(config, impl, causal, hardware=False)
+    hardware, _ = _tally(config, impl, causal, hardware=True)
+    total, active = _params(config)
+    out_len = (config.decoder_seq_len or config.seq_len) if config.encoder_decoder else config.seq_len
+    return TransformerFlops(
+        model_flops=sum(model.step.values()),
+        hardware_flops=sum(hardware.step.values()),
+        forward_model_flops=sum(model.forward.values()),
+        forward_hardware_flops=sum(hardware.forward.values()),
+        params_total=total,
+        params_active_per_token=active,
+        percent_active=100.0 * active / total,
+        tokens_per_step=config.batch_size * out_len,
+        breakdown=dict(model.step),
+        hardware_breakdown=dict(hardware.step),
+        moe_implementation=impl,
+        causal=causal,
+        expert_capacity=capacity,
+    )

@@ -1,0 +1,208 @@
+"""The report card of a run directory: Table 4 rows, dense/sparse split, model-card block, bad directories, load_run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from carbon_callbacks import InvalidInputError, Tracker
+from carbon_callbacks._load import load_run
+from carbon_callbacks._report import (
+    energy_split,
+    format_report,
+    hf_co2_block,
+    read_report,
+    render_latex,
+    render_markdown,
+    render_text,
+    table4_rows,
+)
+from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, write_json_atomic
+from carbon_callbacks.cli import main
+from carbon_callbacks.meters._base import Measurement
+
+
+class WindowMeter:
+    """Every logging interval draws `joules` of GPU energy over `seconds` (measured): a deterministic run."""
+
+    def __init__(self, joules=100.0, seconds=2.0):
+        self.joules, self.seconds = joules, seconds
+
+    def begin_window(self, key):
+        pass
+
+    def end_window(self, key):
+        return Measurement(self.seconds, {"gpu": self.joules}, {"gpu": "measured:nvml"})
+
+    def close(self):
+        pass
+
+
+def make_run(path, *, steps=20, every=5, info=None, crash_after=None):
+    """20 steps of 1e9 model FLOPs and 100 tokens on a V100 (fp16 peak 125 TFLOP/s), 4 intervals of 100 J / 2 s."""
+    tracker = Tracker(
+        intensity=0.5, net_intensity=0.2, pue=1.2, chip="v100", dtype="fp16", meter=WindowMeter(),
+        output_dir=path, log_every_n_steps=every,
+    )
+    tracker.start(info=info)
+    tracker.accountant.flush_every = 1
+    for i in range(steps):
+        tracker.step_end(model_flops=1e9, tokens=100, loss=3.0 - 0.1 * i, step=i + 1)
+        if crash_after is not None and i + 1 == crash_after:
+            return None  # dies here: run.json says "running"
+    return tracker.finish()
+
+
+IT_KWH = 400.0 / 3.6e6
+ENERGY_KWH = IT_KWH * 1.2
+
+
+def test_rows_of_a_finished_run(tmp_path):
+    make_run(tmp_path, info={"params_total": 1234, "percent_active": 100.0, "params_source": "counted"})
+    rows = {name: (value, how) for name, value, how in read_report(tmp_path).rows()}
+    assert rows["parameters"] == (1234, "counted")
+    assert rows["processor"] == ("v100", "given")
+    assert rows["number of processors"][0] == 1
+    assert rows["PUE"] == (1.2, "given")
+    assert rows["gross kg CO2e/kWh"] == (0.5, "given")
+    assert rows["net kg CO2e/kWh"] == (0.2, "given")
+    assert rows["average system power per processor (W)"] == (pytest.approx(50.0), "measured:nvml")
+    assert rows["achieved TFLOP/s per processor"][0] == pytest.approx(20e9 / 8.0 / 1e12)
+    assert rows["MFU"][0] == pytest.approx(20e9 / 8.0 / 125e12)
+    assert rows["training time (h)"][0] == pytest.approx(8.0 / 3600)
+    assert rows["total model FLOPs"][0] == 20e9
+    assert rows["energy (kWh, facility)"][0] == pytest.approx(ENERGY_KWH)
+    assert rows["gross kg CO2e"][0] == pytest.approx(ENERGY_KWH * 0.5)
+    assert rows["net kg CO2e"][0] == pytest.approx(ENERGY_KWH * 0.2)
+    assert rows["gross tCO2e"][0] == pytest.approx(ENERGY_KWH * 0.5 / 1000)
+    assert rows["net tCO2e"][0] == pytest.approx(ENERGY_KWH * 0.2 / 1000)
+
+
+def test_missing_rows_are_listed_not_invented(tmp_path):
+    make_run(tmp_path)  # no params annotated
+    report = read_report(tmp_path)
+    rows = dict((name, value) for name, value, _ in report.rows())
+    assert rows["parameters"] is None and rows["% parameters activated per token"] is None
+    assert any(m.startswith("parameters: run.json info has no params_total") for m in report.missing)
+    assert "parameters" not in format_report(report.summary)
+
+
+def test_energy_split_by_flops_for_a_moe_model(tmp_path):
+    breakdown = {"attention": 1e9, "dense_mlp": 1e9, "moe_experts": 1.5e9, "router": 0.5e9}
+    summary = make_run(tmp_path, info={"flops_by_layer_kind": breakdown})
+    dense, sparse = energy_split(summary)
+    assert (dense["part"], sparse["part"]) == ("dense", "sparse (MoE)")
+    assert dense["flops_share"] == 0.5 and sparse["flops_share"] == 0.5
+    assert dense["energy_kwh"] == pytest.approx(ENERGY_KWH / 2)
+    assert sparse["net_co2e_kg"] == pytest.approx(ENERGY_KWH * 0.2 / 2)
+    assert dense["method"] == "estimate: apportioned by FLOPs"
+    assert "energy by layer kind (estimate: apportioned by FLOPs)" in format_report(summary)
+
+
+def test_energy_split_prefers_hardware_flops_and_skips_dense_models(tmp_path):
+    nested = {"model": {"mlp": 1.0, "experts": 1.0}, "hardware": {"mlp": 1.0, "experts": 3.0}}
+    assert energy_split({"energy_kwh": 4.0, "info": {"flops_breakdown": nested}})[1]["energy_kwh"] == 3.0
+    assert energy_split({"energy_kwh": 4.0, "info": {"flops_breakdown": {"attention": 1.0, "mlp": 3.0}}}) is None
+
+
+def test_hugging_face_block(tmp_path):
+    summary = make_run(tmp_path)
+    block = hf_co2_block({**summary, "region": "fr"}, training_type="pre-training")
+    assert block["emissions"] == pytest.approx(ENERGY_KWH * 0.5 * 1000, rel=1e-6)
+    assert block["training_type"] == "pre-training"
+    assert block["geographical_location"] == "fr"
+    assert block["hardware_used"] == "1 x v100"
+    text = render_text(read_report(tmp_path))
+    assert "co2_eq_emissions:\n  emissions: " in text
+    assert "  # geographical_location: not recorded by this run" in text  # intensity given, no region
+
+
+def test_markdown_and_latex(tmp_path):
+    make_run(tmp_path, info={"percent_active": 12.5})
+    report = read_report(tmp_path)
+    markdown = render_markdown(report)
+    assert "| row (paper Table 4) | value | how obtained |" in markdown
+    assert "| PUE | 1.2 | given |" in markdown
+    assert "```yaml\nco2_eq_emissions:" in markdown
+    latex = render_latex(report)
+    assert "\\begin{tabular}" in latex and "\\bottomrule" in latex
+    assert "\\% parameters activated per token & 12.5 &" in latex
+
+
+def test_cli_report_formats(tmp_path, capsys):
+    make_run(tmp_path)
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["status"] == "finished" and card["steps"] == 20
+    assert {r["row"]: r["value"] for r in card["rows"]}["total model FLOPs"] == 20e9
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"found: {RUN_FILE}: schema 1, status finished, 20 steps" in out
+    assert f"found: {STEPS_FILE}: 4 records covering 20 steps" in out
+
+
+def test_missing_and_empty_directories_are_one_line_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="holds neither run.json nor a step"):
+        read_report(tmp_path)
+
+
+def test_crashed_run_is_reported_as_partial(tmp_path):
+    make_run(tmp_path, crash_after=12)  # 2 intervals flushed, run.json still "running"
+    report = read_report(tmp_path)
+    assert report.summary["steps"] == 10
+    assert any("status 'running': the run crashed or is still going" in n for n in report.notes)
+    assert report.summary["energy_kwh"] == pytest.approx(ENERGY_KWH / 2)
+
+
+def test_step_log_without_run_json(tmp_path):
+    make_run(tmp_path)
+    (tmp_path / RUN_FILE).unlink()
+    report = read_report(tmp_path)
+    s = report.summary
+    assert s["status"] == "unknown (run.json missing)"
+    assert s["steps"] == 20 and s["wall_time_s"] == 8.0
+    assert s["energy_kwh"] == pytest.approx(ENERGY_KWH)
+    assert s["pue"] == pytest.approx(1.2) and s["gross_kg_per_kwh"] == pytest.approx(0.5)
+    assert s["net_kg_per_kwh"] == pytest.approx(0.2)
+    assert s["total_model_flops"] == 20e9
+    assert s["sources"]["pue"] == "derived from steps.jsonl (run.json missing)"
+    assert report.missing[0].startswith("run.json: missing")
+    assert "processor: needs run.json" in report.missing
+    assert dict((n, v) for n, v, _ in report.rows())["MFU"] is None
+
+
+def test_older_version_is_named_and_its_gaps_listed(tmp_path):
+    old = {"schema_version": 0, "status": "finished", "steps": 3, "energy_kwh": 0.5, "pue": 1.1}
+    write_json_atomic(tmp_path / RUN_FILE, old)
+    report = read_report(tmp_path)
+    assert any("schema_version 0" in n for n in report.notes)
+    assert "gross kg CO2e: no energy recorded" in report.missing  # not computed from a guessed intensity
+    assert f"{STEPS_FILE}: no step records (no plot, projection or per-step figures)" in report.missing
+    rows = dict((n, v) for n, v, _ in report.rows())
+    assert rows["energy (kWh, facility)"] == 0.5 and rows["gross kg CO2e"] is None
+
+
+def test_table4_rows_keeps_its_contract(tmp_path):
+    summary = make_run(tmp_path)
+    names = [name for name, _, _ in table4_rows(summary)]
+    assert names[:3] == ["parameters", "% parameters activated per token", "processor"]
+    assert format_report(summary).startswith("carbon-callbacks: 20 steps, status finished")
+
+
+def test_load_run_one_and_several(tmp_path):
+    make_run(tmp_path / "dense")
+    make_run(tmp_path / "switch", steps=10)
+    frame = load_run(tmp_path / "dense")
+    assert list(frame["cum_steps"]) == [5, 10, 15, 20]
+    assert list(frame["elapsed_s"]) == [2.0, 4.0, 6.0, 8.0]
+    assert frame["loss"].iloc[-1] == pytest.approx(3.0 - 0.1 * 19)
+    assert frame.attrs["runs"]["dense"]["steps"] == 20
+    both = load_run(tmp_path / "dense", tmp_path / "switch")
+    assert both.groupby("run")["co2e_kg"].last().to_dict() == pytest.approx(
+        {"dense": ENERGY_KWH * 0.5, "switch": ENERGY_KWH * 0.25}
+    )
+    with pytest.raises(InvalidInputError, match="one entry per run directory"):
+        load_run(tmp_path / "dense", labels=["a", "b"])

@@ -140,7 +140,7 @@ class CarbonCallback(keras.callbacks.Callback):
           conversion waits for the step to finish on the device, so an interval's clock stops after its last
           step finished. Overriding `on_train_batch_end` turns off Keras's asynchronous callback dispatch (JAX,
           torch): the train loop then waits for each step before dispatching the next. On JAX with steps of a
-          few ms that costs the overlap of Python dispatch and compute (see `benchmarks/RESULTS_keras.md`).
+          few ms that costs the overlap of Python dispatch and compute (see `benchmarks/RESULTS.md`).
         - `steps_per_execution=N`: one `on_train_batch_end` per N steps; the callback counts the steps the
           batch index advanced by, the last execution of an epoch cut at the epoch's step count.
         - Validation inside `fit` is part of the run's energy: its time and joules go into the interval that

@@ -145,7 +145,7 @@ def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: f
          steps: int | None = None) -> int:
     """Runs the demo; returns the exit code."""
     from carbon_callbacks._plot import plot_runs
-    from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, read_run
+    from carbon_callbacks._run_dir import read_run
     from carbon_callbacks._whatif import format_whatif, whatif
 
     import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import; quieted below)
@@ -166,11 +166,8 @@ def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: f
           f"{site.net_kg_per_kwh} net; {site.gross_source.split(' ; ')[0]})")
     print(f"  PUE assumed:    {site.pue} ({site.pue_source.split(' ; ')[0]})")
     print(f"  text:           {source}, byte-level (vocabulary 256)")
-    print(f"  energy:         metered on this machine; each figure says how (measured or modeled)")
+    print("  energy:         metered on this machine; each figure says how (measured or modeled)")
     configs = _configs()
-    for name in configs:  # a previous demo's files: the step log is appended to, so start clean
-        for stale in (out / name / RUN_FILE, out / name / STEPS_FILE):
-            stale.unlink(missing_ok=True)
     started = time.perf_counter()
     summaries = {
         "dense": train("dense", configs["dense"], data, out, region=region, pue=pue, steps=steps,

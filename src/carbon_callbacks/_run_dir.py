@@ -7,12 +7,26 @@ last flushed batch.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 from pathlib import Path
 
 RUN_FILE = "run.json"
 STEPS_FILE = "steps.jsonl"
+#: Parent of the Keras and Flax adapters' default run directories (Lightning uses the Trainer's log dir).
+DEFAULT_RUNS_DIR = "carbon-runs"
+
+
+def default_output_dir() -> Path:
+    """`./carbon-runs/<UTC timestamp>`, with a suffix when two runs start in the same second."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(DEFAULT_RUNS_DIR) / stamp
+    suffix = 1
+    while path.exists():
+        path = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{suffix}"
+        suffix += 1
+    return path
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

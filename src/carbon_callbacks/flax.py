@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import datetime as _dt
 import functools
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_number
 from carbon_callbacks._report import format_report
+from carbon_callbacks._run_dir import default_output_dir
 from carbon_callbacks._tracker import Tracker
 
 try:
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 #: the one Lightning uses (`Trainer(log_every_n_steps=50)`).
 DEFAULT_LOG_EVERY_N_STEPS = 50
 #: Where runs go when `output_dir` is not given: `./carbon-runs/<UTC timestamp>`, as the Keras callback does.
-DEFAULT_RUNS_DIR = "carbon-runs"
 #: Metric keys a step's metrics always carry (more when FLOPs and a peak are known).
 BASE_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/step_time_s")
 
@@ -94,15 +93,6 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
     return (treedef, *map(_leaf_signature, leaves))
 
 
-def _default_output_dir() -> Path:
-    """`./carbon-runs/<UTC timestamp>`, with a suffix when two runs start in the same second."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = Path(DEFAULT_RUNS_DIR) / stamp
-    suffix = 1
-    while path.exists():
-        path = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{suffix}"
-        suffix += 1
-    return path
 
 
 def _pack(values: Sequence[float]) -> list[int]:
@@ -267,7 +257,7 @@ class TrackedStep:
         if not self._user_meter:
             tracker.meter = None  # a fresh default meter per run
         tracker.start(
-            output_dir=_default_output_dir() if tracker.output_dir is None else None,
+            output_dir=default_output_dir() if tracker.output_dir is None else None,
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
             world_size=self._world_size,
             rank=jax.process_index(),

@@ -6,7 +6,6 @@ One callback for the TensorFlow, JAX and torch backends. It only translates Kera
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import logging
 import warnings
@@ -21,6 +20,7 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
     ) from _err
 
 from carbon_callbacks._report import format_report
+from carbon_callbacks._run_dir import default_output_dir
 from carbon_callbacks._tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LOG_EVERY_N_STEPS = 50
 
 #: Where runs go when `output_dir` is not given: `./carbon-runs/<timestamp>`.
-DEFAULT_RUNS_DIR = "carbon-runs"
 
 
 def _guarded(hook):
@@ -52,15 +51,6 @@ def _guarded(hook):
     return wrapper
 
 
-def _default_output_dir() -> Path:
-    """`./carbon-runs/<UTC timestamp>`, with a suffix when two runs start in the same second."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = Path(DEFAULT_RUNS_DIR) / stamp
-    suffix = 1
-    while path.exists():
-        path = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{suffix}"
-        suffix += 1
-    return path
 
 
 def _replicas(model) -> tuple[int, int]:
@@ -276,7 +266,7 @@ class CarbonCallback(keras.callbacks.Callback):
         except Exception:  # an unbuilt model has no parameter count yet
             pass
         self.tracker.start(
-            output_dir=_default_output_dir(),
+            output_dir=default_output_dir(),
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
             info=info,
             total_steps=steps * epochs if steps and epochs and continued is None else None,

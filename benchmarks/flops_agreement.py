@@ -27,15 +27,9 @@ from carbon_callbacks.flops import count, transformer_flops  # noqa: E402
 from carbon_callbacks.flops._jax import xla_flops  # noqa: E402
 from carbon_callbacks._format import text_table  # noqa: E402
 from carbon_callbacks.models import flax_gpt, keras_gpt, torch_gpt  # noqa: E402
-from carbon_callbacks.models.config import DENSE, SWITCH, TOP2  # noqa: E402
+from carbon_callbacks.models.config import VARIANTS  # noqa: E402
 
-CASES = {
-    "dense": DENSE,
-    "switch top-1": SWITCH,
-    "top-2": TOP2,
-    "top-2 dense_dispatch": TOP2.with_(moe_implementation="dense_dispatch"),
-    "top-2 compute_all_mask": TOP2.with_(moe_implementation="compute_all_mask"),
-}
+CASES = VARIANTS
 
 
 def timed(fn, repeats: int = 1):

@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 
 from carbon_callbacks import resolve_site
+from carbon_callbacks.meters import _base
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    """Each test sees the meters' process-wide 'warn once' state empty, and leaves it as it found it."""
+    saved = set(_base._WARNED)
+    _base._WARNED.clear()
+    yield
+    _base._WARNED.clear()
+    _base._WARNED.update(saved)
 
 
 @pytest.fixture

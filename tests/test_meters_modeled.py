@@ -22,7 +22,8 @@ from carbon_callbacks.meters import (
     cpu_info,
     create_meter,
 )
-from carbon_callbacks.meters import _base, modeled
+from carbon_callbacks.meters import modeled
+from fakes import FakeClock
 
 CPUINFO = """processor\t: 0
 model name\t: Test CPU 9000 64-Core Processor
@@ -40,26 +41,6 @@ processor\t: 3
 model name\t: Test CPU 9000 64-Core Processor
 physical id\t: 1
 """
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def _fresh_warnings():
-    """Each test sees the process-wide 'warn once' state empty."""
-    saved = set(_base._WARNED)
-    _base._WARNED.clear()
-    yield
-    _base._WARNED.clear()
-    _base._WARNED.update(saved)
 
 
 @pytest.fixture

@@ -14,15 +14,8 @@ import pytest
 
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks.meters import NvmlMeter, SensorUnavailableError, create_meter
-from carbon_callbacks.meters import _base, nvml
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from carbon_callbacks.meters import nvml
+from fakes import FakeClock
 
 
 class FakeGpu:
@@ -93,13 +86,8 @@ class FakeNvml:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
-    saved = set(_base._WARNED)
-    _base._WARNED.clear()
+def _no_visible_devices_variable(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    yield
-    _base._WARNED.clear()
-    _base._WARNED.update(saved)
 
 
 def four_gpus():

@@ -9,26 +9,9 @@ import stat
 import pytest
 
 from carbon_callbacks.meters import ModeledCpuMeter, RaplMeter, SensorUnavailableError, create_meter
-from carbon_callbacks.meters import _base
+from fakes import FakeClock
 
 MAX_UJ = 262143328850
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def _fresh_warnings():
-    saved = set(_base._WARNED)
-    _base._WARNED.clear()
-    yield
-    _base._WARNED.clear()
-    _base._WARNED.update(saved)
 
 
 @pytest.fixture

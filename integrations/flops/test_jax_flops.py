@@ -8,16 +8,10 @@ import pytest
 
 from carbon_callbacks.flops import count, transformer_flops
 from carbon_callbacks.flops._jax import xla_flops
-from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
+from carbon_callbacks.models.config import DENSE, VARIANTS
 from carbon_callbacks.models.flax_gpt import init, loss_fn, make_train_step, random_batch
 
-CASES = {
-    "dense": DENSE,
-    "switch": SWITCH,
-    "top2": TOP2,
-    "top2-dense_dispatch": TOP2.with_(moe_implementation="dense_dispatch"),
-    "top2-compute_all_mask": TOP2.with_(moe_implementation="compute_all_mask"),
-}
+CASES = VARIANTS
 
 
 @pytest.mark.parametrize("name", list(CASES))

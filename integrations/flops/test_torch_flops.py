@@ -7,16 +7,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from carbon_callbacks.flops import count, transformer_flops
-from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
+from carbon_callbacks.models.config import VARIANTS
 from carbon_callbacks.models.torch_gpt import GPT, loss_fn, random_batch, train_step
 
-CASES = {
-    "dense": DENSE,
-    "switch": SWITCH,
-    "top2": TOP2,
-    "top2-dense_dispatch": TOP2.with_(moe_implementation="dense_dispatch"),
-    "top2-compute_all_mask": TOP2.with_(moe_implementation="compute_all_mask"),
-}
+CASES = VARIANTS
 
 
 @pytest.fixture(scope="module")

@@ -25,22 +25,18 @@ def _figure_class():
     return Figure
 
 
-def _unit(max_kg: float) -> tuple[float, str]:
-    """Scale and label so that the CO2e axis reads in g, kg or t."""
-    if max_kg < 1.0:
-        return 1000.0, "g CO2e"
-    if max_kg >= 1000.0:
-        return 1e-3, "t CO2e"
-    return 1.0, "kg CO2e"
+def _scaled_unit(max_value: float, units: tuple[str, str, str]) -> tuple[float, str]:
+    """Scale and label so that an axis whose values are in units[1] reads in units[0] (x1000), units[1] or units[2]
+    (/1000): ("g CO2e", "kg CO2e", "t CO2e") or ("Wh", "kWh", "MWh")."""
+    if max_value < 1.0:
+        return 1000.0, units[0]
+    if max_value >= 1000.0:
+        return 1e-3, units[2]
+    return 1.0, units[1]
 
 
-def _energy_unit(max_kwh: float) -> tuple[float, str]:
-    """Scale and label so that the energy axis reads in Wh, kWh or MWh."""
-    if max_kwh < 1.0:
-        return 1000.0, "Wh"
-    if max_kwh >= 1000.0:
-        return 1e-3, "MWh"
-    return 1.0, "kWh"
+_CO2E_UNITS = ("g CO2e", "kg CO2e", "t CO2e")
+_ENERGY_UNITS = ("Wh", "kWh", "MWh")
 
 
 def _curves(records: list[dict]) -> tuple[list[float], list[float], list[float]]:
@@ -98,8 +94,8 @@ def plot_runs(
     fig = Figure(figsize=(5.0 * panels, 4.2), layout="constrained")
     axes = fig.subplots(1, panels)
     max_kg = max((max(c[0]) for c in curves if c[0]), default=0.0)
-    scale, unit = _unit(max_kg)
-    e_scale, e_unit = _energy_unit(max((max(c[1]) for c in curves if c[1]), default=0.0))
+    scale, unit = _scaled_unit(max_kg, _CO2E_UNITS)
+    e_scale, e_unit = _scaled_unit(max((max(c[1]) for c in curves if c[1]), default=0.0), _ENERGY_UNITS)
     for (co2, kwh, loss), label in zip(curves, labels):
         if co2:
             axes[0].plot([x * scale for x in co2], loss, marker=".", label=label)
@@ -125,7 +121,7 @@ def _bars(ax, scenarios: Sequence) -> None:
     actual = [s for s in scenarios if s.is_actual]
     if actual and actual[0] not in shown:
         shown[-1] = actual[0]
-    scale, unit = _unit(max(s.gross_co2e_kg for s in shown))
+    scale, unit = _scaled_unit(max(s.gross_co2e_kg for s in shown), _CO2E_UNITS)
     names = [f"{s.model} | {s.chip} | {s.region} | PUE {s.pue:.3g}" for s in shown]
     positions = range(len(shown))
     ax.barh(positions, [s.gross_co2e_kg * scale for s in shown], color="0.85", label="gross")

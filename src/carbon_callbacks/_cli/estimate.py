@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from carbon_callbacks._cli._site_args import add_site_arguments, site_kwargs
 from carbon_callbacks._estimate import estimate
 from carbon_callbacks._format import fmt_number, text_table
 
@@ -23,12 +24,7 @@ def register(subparsers) -> None:
     power = parser.add_argument_group("power (one of)")
     power.add_argument("--watts", type=float, help="average system power per chip, W")
     power.add_argument("--chip", help="chip name: use the table's measured system power (else TDP)")
-    site = parser.add_argument_group("site")
-    site.add_argument("--pue", type=float, help="PUE (default: --provider's, else the industry average)")
-    site.add_argument("--provider", help="cloud provider whose published PUE applies")
-    site.add_argument("--region", help="region name from `carbon-callbacks tables regions`")
-    site.add_argument("--intensity", type=float, help="gross grid intensity, kg CO2e per kWh")
-    site.add_argument("--net-intensity", type=float, help="net intensity, kg CO2e per kWh")
+    add_site_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     parser.set_defaults(func=run)
 
@@ -42,11 +38,7 @@ def run(args) -> int:
         tflops_achieved=args.tflops_achieved,
         watts=args.watts,
         chip=args.chip,
-        pue=args.pue,
-        provider=args.provider,
-        region=args.region,
-        intensity=args.intensity,
-        net_intensity=args.net_intensity,
+        **site_kwargs(args),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -16,7 +16,9 @@ from carbon_callbacks._accounting import Accountant
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._format import fmt_number
 from carbon_callbacks._site import resolve_site
+from carbon_callbacks._cli._site_args import add_site_arguments, site_kwargs
 from carbon_callbacks.meters import create_meter
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -28,12 +30,7 @@ def register(subparsers) -> None:
         ),
         usage="carbon-callbacks run [--region R | --intensity X] [--pue P] [--json] [options] -- COMMAND ...",
     )
-    site = parser.add_argument_group("site (a region or an intensity is required)")
-    site.add_argument("--region", help="region name from `carbon-callbacks tables regions`")
-    site.add_argument("--intensity", type=float, help="gross grid intensity, kg CO2e per kWh")
-    site.add_argument("--net-intensity", type=float, help="net intensity, kg CO2e per kWh (default: the region's)")
-    site.add_argument("--pue", type=float, help="PUE (default: --provider's, else the industry average)")
-    site.add_argument("--provider", help="cloud provider whose published PUE applies")
+    add_site_arguments(parser, "site (a region or an intensity is required)")
     meter = parser.add_argument_group("meter")
     meter.add_argument("--chip", help="the accelerator, from `carbon-callbacks tables chips` (TPUs are modeled)")
     meter.add_argument("--num-chips", type=int, help="accelerators the command uses (modeled chips, host share)")
@@ -63,13 +60,7 @@ def run(args) -> int:
         command = command[1:]
     if not command:
         raise InvalidInputError("COMMAND is missing: usage `carbon-callbacks run --intensity 0.4 -- python train.py`.")
-    site = resolve_site(
-        region=args.region,
-        intensity=args.intensity,
-        net_intensity=args.net_intensity,
-        pue=args.pue,
-        provider=args.provider,
-    )
+    site = resolve_site(**site_kwargs(args))
     host_share = args.host_share
     if host_share is None:
         host_share = True

@@ -66,3 +66,11 @@ class GPTConfig(TransformerConfig):
 DENSE = GPTConfig()
 SWITCH = GPTConfig(num_experts=4, top_k=1)
 TOP2 = GPTConfig(num_experts=4, top_k=2)
+#: Every reference variant by name: dense, Switch top-1, and top-2 under each MoE implementation.
+VARIANTS = {
+    "dense": DENSE,
+    "switch": SWITCH,
+    "top2": TOP2,
+    "top2-dense_dispatch": TOP2.with_(moe_implementation="dense_dispatch"),
+    "top2-compute_all_mask": TOP2.with_(moe_implementation="compute_all_mask"),
+}

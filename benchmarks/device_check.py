@@ -24,7 +24,7 @@ from unittest import mock
 
 def _chip_for(name: str, override: str | None):
     from carbon_callbacks import get_chip
-    from carbon_callbacks._tables import normalize_name
+    from carbon_callbacks._site.tables import normalize_name
 
     candidates = [override] if override else []
     words = normalize_name(name).replace("nvidia-", "").split("-")

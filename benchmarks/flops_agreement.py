@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from carbon_callbacks.flops import count, transformer_flops  # noqa: E402
 from carbon_callbacks.flops._jax import xla_flops  # noqa: E402
-from carbon_callbacks._format import text_table  # noqa: E402
+from carbon_callbacks._reports.format import text_table  # noqa: E402
 from carbon_callbacks.models import flax_gpt, keras_gpt, torch_gpt  # noqa: E402
 from carbon_callbacks.models.config import VARIANTS  # noqa: E402
 

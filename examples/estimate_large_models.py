@@ -16,8 +16,8 @@ Run: python examples/estimate_large_models.py   (pure Python: no framework neede
 from __future__ import annotations
 
 from carbon_callbacks import estimate, get_pue
-from carbon_callbacks._format import text_table
-from carbon_callbacks._paper import table4_inputs
+from carbon_callbacks._reports.format import text_table
+from carbon_callbacks._paper.table4 import table4_inputs
 from carbon_callbacks.flops import TransformerConfig, transformer_flops
 
 TOKENS_GPT3 = 300e9  # Brown et al. 2020, Section 2.2

@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 import torch
 
 from carbon_callbacks import read_run
-from carbon_callbacks._plot import plot_runs
-from carbon_callbacks._whatif import format_whatif, whatif
+from carbon_callbacks._reports.plot import plot_runs
+from carbon_callbacks._reports.whatif import format_whatif, whatif
 from carbon_callbacks.lightning import CarbonCallback
 from carbon_callbacks.models import GPTConfig
 from carbon_callbacks.models.torch_gpt import GPT, loss_fn

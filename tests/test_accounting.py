@@ -7,7 +7,7 @@ import math
 import pytest
 
 from carbon_callbacks import Accountant, InvalidInputError, read_run
-from carbon_callbacks._accounting import REDUCED_FIELDS
+from carbon_callbacks._run.accountant import REDUCED_FIELDS
 
 KWH = 3.6e6
 

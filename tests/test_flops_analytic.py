@@ -186,7 +186,7 @@ def test_count_without_a_framework_says_what_to_pass():
 
 def test_importing_flops_imports_no_framework():
     code = (
-        "import sys, carbon_callbacks.flops, carbon_callbacks.models, carbon_callbacks._cli.flops; "
+        "import sys, carbon_callbacks.flops, carbon_callbacks.models, carbon_callbacks.cli.flops; "
         "print(sorted(m for m in ('torch', 'jax', 'tensorflow', 'keras', 'flax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

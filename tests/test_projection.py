@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from carbon_callbacks import InvalidInputError, Tracker, read_run
-from carbon_callbacks._projection import project, project_run
-from carbon_callbacks._report import projection_line, read_report
+from carbon_callbacks._reports.projection import project, project_run
+from carbon_callbacks._reports.report import projection_line, read_report
 from carbon_callbacks.meters._base import Measurement
 
 
@@ -81,7 +81,7 @@ def test_tracker_logs_the_projection_once_after_a_fifth(tmp_path, caplog):
     tracker = Tracker(intensity=0.5, net_intensity=0.2, pue=1.5, meter=CyclingMeter(), output_dir=tmp_path,
                       log_every_n_steps=4)
     tracker.start(total_steps=120)
-    with caplog.at_level(logging.INFO, logger="carbon_callbacks._tracker"):
+    with caplog.at_level(logging.INFO, logger="carbon_callbacks._run.session"):
         for i in range(120):
             tracker.step_end(loss=1.0, step=i + 1)
     summary = tracker.finish()

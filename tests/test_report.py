@@ -7,8 +7,8 @@ import json
 import pytest
 
 from carbon_callbacks import InvalidInputError, Tracker
-from carbon_callbacks._load import load_run
-from carbon_callbacks._report import (
+from carbon_callbacks._reports.frames import load_run
+from carbon_callbacks._reports.report import (
     energy_split,
     format_report,
     hf_co2_block,
@@ -18,7 +18,7 @@ from carbon_callbacks._report import (
     render_text,
     table4_rows,
 )
-from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, write_json_atomic
+from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, write_json_atomic
 from carbon_callbacks.cli import main
 from carbon_callbacks.meters._base import Measurement
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carbon_callbacks import InvalidInputError, UnknownNameError, get_chip, get_pue, get_region, resolve_site
-from carbon_callbacks._tables import chips, pue_entries, regions
+from carbon_callbacks._site.tables import chips, pue_entries, regions
 
 REQUIRED_CHIPS = (
     "p100", "v100", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "l4", "t4",

@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from carbon_callbacks import InvalidInputError, Tracker, UnknownNameError
-from carbon_callbacks._plot import plot_runs
-from carbon_callbacks._whatif import format_whatif, whatif
+from carbon_callbacks._reports.plot import plot_runs
+from carbon_callbacks._reports.whatif import format_whatif, whatif
 from carbon_callbacks.cli import main
 from carbon_callbacks.meters._base import Measurement
 

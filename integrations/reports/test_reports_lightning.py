@@ -14,11 +14,11 @@ import pytest
 pl = pytest.importorskip("pytorch_lightning")
 torch = pytest.importorskip("torch")
 
-from carbon_callbacks._load import load_run  # noqa: E402
-from carbon_callbacks._plot import plot_runs  # noqa: E402
-from carbon_callbacks._projection import project_run  # noqa: E402
-from carbon_callbacks._report import energy_split, read_report  # noqa: E402
-from carbon_callbacks._whatif import whatif  # noqa: E402
+from carbon_callbacks._reports.frames import load_run  # noqa: E402
+from carbon_callbacks._reports.plot import plot_runs  # noqa: E402
+from carbon_callbacks._reports.projection import project_run  # noqa: E402
+from carbon_callbacks._reports.report import energy_split, read_report  # noqa: E402
+from carbon_callbacks._reports.whatif import whatif  # noqa: E402
 from carbon_callbacks.cli import main  # noqa: E402
 from carbon_callbacks.flops import transformer_flops  # noqa: E402
 from carbon_callbacks.lightning import CarbonCallback  # noqa: E402

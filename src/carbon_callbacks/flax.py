@@ -2,7 +2,7 @@
 
 `track(train_step, ...)` returns a callable with `train_step`'s signature. It calls the step as it is (jitted or
 not, Linen or NNX, with its donation and sharding), and around it does in plain Python what every adapter does
-through `carbon_callbacks._tracker.Tracker`: per step a few additions in memory; every `log_every_n_steps` steps
+through `carbon_callbacks._run.session.Tracker`: per step a few additions in memory; every `log_every_n_steps` steps
 one `jax.block_until_ready` on the step's outputs, one meter reading and, with several processes, one sum of the
 totals across processes. Nothing runs inside `jit`.
 
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._report import format_report
-from carbon_callbacks._run_dir import default_output_dir
-from carbon_callbacks._tracker import Tracker
+from carbon_callbacks._reports.report import format_report
+from carbon_callbacks._run.files import default_output_dir
+from carbon_callbacks._run.session import Tracker
 
 try:
     import jax

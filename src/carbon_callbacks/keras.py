@@ -1,7 +1,7 @@
 """Keras 3 adapter: `CarbonCallback` puts energy, CO2e, FLOPs and MFU into `model.fit`'s logs.
 
 One callback for the TensorFlow, JAX and torch backends. It only translates Keras's hooks into calls on
-`carbon_callbacks._tracker.Tracker`, which owns the meter windows, the sums and the run files.
+`carbon_callbacks._run.session.Tracker`, which owns the meter windows, the sums and the run files.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         "carbon_callbacks.keras needs Keras 3 and a backend: pip install 'carbon-callbacks[keras]'"
     ) from _err
 
-from carbon_callbacks._report import format_report
-from carbon_callbacks._run_dir import default_output_dir
-from carbon_callbacks._tracker import Tracker
+from carbon_callbacks._reports.report import format_report
+from carbon_callbacks._run.files import default_output_dir
+from carbon_callbacks._run.session import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The Lightning adapter: `CarbonCallback` logs energy, CO2e, FLOPs and MFU next to the loss.
 
 Works with `pytorch_lightning` 2.x, or with the `lightning.pytorch` namespace when only that is installed. The
-callback only translates Lightning hooks into calls on `carbon_callbacks._tracker.Tracker`; what is measured and
+callback only translates Lightning hooks into calls on `carbon_callbacks._run.session.Tracker`; what is measured and
 how it is summed is the same in every adapter.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from carbon_callbacks._accounting import REDUCED_FIELDS
+from carbon_callbacks._run.accountant import REDUCED_FIELDS
 from carbon_callbacks._errors import check_count
-from carbon_callbacks._report import format_report
-from carbon_callbacks._tracker import Tracker
+from carbon_callbacks._reports.report import format_report
+from carbon_callbacks._run.session import Tracker
 
 try:
     import pytorch_lightning as pl

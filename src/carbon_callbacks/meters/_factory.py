@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
-from carbon_callbacks._tables import Chip, get_chip
+from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import Meter, SensorUnavailableError, warn_once
 from carbon_callbacks.meters._composite import CompositeMeter
 from carbon_callbacks.meters.modeled import (

@@ -16,9 +16,9 @@ import resource
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from carbon_callbacks._accounting import _check_method
+from carbon_callbacks._run.accountant import _check_method
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
-from carbon_callbacks._tables import Chip, get_chip
+from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import Meter
 
 #: DRAM power per GB of resident memory, in W: "roughly 3 watts for every 8GB of DDR3 or DDR4" (Crucial,

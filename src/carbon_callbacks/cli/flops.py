@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from carbon_callbacks._errors import check_count, check_number
-from carbon_callbacks._format import fmt_number, text_table
+from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks.flops.analytic import MOE_IMPLEMENTATIONS, NORMS, TransformerConfig, transformer_flops
 
 #: (flag, TransformerConfig field, minimum or None for a positive real) of every number the command takes.

@@ -12,11 +12,11 @@ import signal
 import subprocess
 import sys
 
-from carbon_callbacks._accounting import Accountant
+from carbon_callbacks._run.accountant import Accountant
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._format import fmt_number
-from carbon_callbacks._site import resolve_site
-from carbon_callbacks._cli._site_args import add_site_arguments, site_kwargs
+from carbon_callbacks._reports.format import fmt_number
+from carbon_callbacks._site.site import resolve_site
+from carbon_callbacks.cli._site_args import add_site_arguments, site_kwargs
 from carbon_callbacks.meters import create_meter
 
 

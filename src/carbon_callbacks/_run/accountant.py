@@ -14,10 +14,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
-from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
-from carbon_callbacks._site import Site
-from carbon_callbacks._tables import Chip, get_chip
+from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
+from carbon_callbacks._site.site import Site
+from carbon_callbacks._site.tables import Chip, get_chip
 
 #: Energy components an observation may carry. `host` is the accelerator's modeled share of the host
 #: (CPU, memory, network, fans), as the paper's "system power" includes it.
@@ -26,8 +27,6 @@ COMPONENTS = ("gpu", "tpu", "cpu", "dram", "host")
 REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens")
 
 _METHOD = re.compile(r"^(measured|modeled):\S+$|^given$")
-_J_PER_KWH = 3.6e6
-SCHEMA_VERSION = 1
 
 
 def _check_method(field: str, method: str) -> str:
@@ -237,7 +236,7 @@ class Accountant:
         self.last_seconds = seconds / num_steps
 
         it_j = sum(energy.values())
-        facility_kwh = self.site.facility_kwh(it_j / _J_PER_KWH)
+        facility_kwh = self.site.facility_kwh(it_j / J_PER_KWH)
         totals = self.metrics()
         record = {
             "step": self.steps if step is None else int(step),
@@ -308,7 +307,7 @@ class Accountant:
     def metrics(self) -> dict[str, float]:
         """The `carbon/*` metrics every adapter logs: cumulative energy and CO2e, last step's FLOPs, time, MFU."""
         totals = self._totals()
-        facility_kwh = self.site.facility_kwh(sum(totals["energy_j"].values()) / _J_PER_KWH)
+        facility_kwh = self.site.facility_kwh(sum(totals["energy_j"].values()) / J_PER_KWH)
         metrics = {
             "carbon/energy_kwh": facility_kwh,
             "carbon/co2e_kg": facility_kwh * self.site.gross_kg_per_kwh,
@@ -326,7 +325,7 @@ class Accountant:
         """The `run.json` content: totals, the site, the chip, and how every number was obtained."""
         totals = self._totals()
         it_j = sum(totals["energy_j"].values())
-        it_kwh = it_j / _J_PER_KWH
+        it_kwh = it_j / J_PER_KWH
         energy_kwh = self.site.facility_kwh(it_kwh)
         model_flops, tokens = totals["model_flops"], totals["tokens"]
         mfu = None
@@ -342,7 +341,7 @@ class Accountant:
             "wall_time_s": seconds,
             "energy_kwh": energy_kwh,
             "it_energy_kwh": it_kwh,
-            "energy_kwh_by_component": {c: j / _J_PER_KWH for c, j in totals["energy_j"].items() if j > 0},
+            "energy_kwh_by_component": {c: j / J_PER_KWH for c, j in totals["energy_j"].items() if j > 0},
             "energy_method": "+".join(sorted(set(self.methods.values()))) or None,
             "energy_methods": dict(sorted(self.methods.items())),
             "pue": self.site.pue,
@@ -366,7 +365,7 @@ class Accountant:
                 else None
             ),
             "avg_power_w_per_chip": it_j / seconds / self.num_chips if seconds > 0 else None,
-            "energy_j_per_token": energy_kwh * _J_PER_KWH / tokens if tokens else None,
+            "energy_j_per_token": energy_kwh * J_PER_KWH / tokens if tokens else None,
             "sources": {
                 "pue": self.site.pue_source,
                 "gross_kg_per_kwh": self.site.gross_source,

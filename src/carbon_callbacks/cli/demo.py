@@ -34,6 +34,6 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 2
-    from carbon_callbacks._demo import main
+    from carbon_callbacks.demo import main
 
     return main(output_dir=args.output_dir, region=args.region, pue=args.pue, steps=args.steps)

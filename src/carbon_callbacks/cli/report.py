@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from carbon_callbacks._report import read_report, render_json, render_latex, render_markdown, render_text
+from carbon_callbacks._reports.report import read_report, render_json, render_latex, render_markdown, render_text
 
 
 def register(subparsers) -> None:

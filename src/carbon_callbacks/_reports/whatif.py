@@ -18,11 +18,11 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from carbon_callbacks._constants import J_PER_KWH
 from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._format import fmt_number, text_table
-from carbon_callbacks._tables import get_chip, get_pue, get_region
+from carbon_callbacks._reports.format import fmt_number, text_table
+from carbon_callbacks._site.tables import get_chip, get_pue, get_region
 
-_J_PER_KWH = 3.6e6
 #: dtypes with the same class of tensor-core peak, tried when a chip lacks the run's dtype (V100: fp16, no bf16).
 _DTYPE_TWINS = {"bf16": ("fp16",), "fp16": ("bf16",), "tf32": ("fp32",), "fp32": ("tf32",)}
 ACTUAL = "actual"
@@ -159,7 +159,7 @@ def whatif(
             chip = get_chip(name)
             peak, used_dtype = _chip_peak(chip, dtype)
             watts, power_text = _chip_power(chip)
-            it_kwh = flops / (peak * use_mfu) * watts / _J_PER_KWH
+            it_kwh = flops / (peak * use_mfu) * watts / J_PER_KWH
             how = f"estimate: FLOPs / ({peak / 1e12:g} TFLOP/s {used_dtype} x {mfu_text}) x {power_text}"
             chip_options.append((chip.name, it_kwh, how))
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._report import read_report
+from carbon_callbacks._reports.report import read_report
 
 #: Columns every frame has, in this order, even when a run logged none of them.
 COLUMNS = (

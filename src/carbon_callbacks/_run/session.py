@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from carbon_callbacks._accounting import REDUCED_FIELDS, Accountant
+from carbon_callbacks._run.accountant import REDUCED_FIELDS, Accountant
 from carbon_callbacks._errors import check_count, check_number
-from carbon_callbacks._site import resolve_site
-from carbon_callbacks._tables import Chip, get_chip
+from carbon_callbacks._site.site import resolve_site
+from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import Measurement
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class Tracker:
         self._projection_done = True
         records, self._projection_records = self._projection_records, []
         try:
-            from carbon_callbacks._projection import project
+            from carbon_callbacks._reports.projection import project
 
             projection = project(
                 records,

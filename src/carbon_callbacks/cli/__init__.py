@@ -1,4 +1,4 @@
-"""`carbon-callbacks` command line: one subcommand per module under `carbon_callbacks/_cli/`.
+"""`carbon-callbacks` command line: one subcommand per module in this package.
 
 User errors (bad numbers, unknown names) print one line naming the field and exit with code 2, no traceback.
 """
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"carbon_callbacks._cli.{name}").register(subparsers)
+        importlib.import_module(f"carbon_callbacks.cli.{name}").register(subparsers)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._tables import get_pue, get_region
+from carbon_callbacks._site.tables import get_pue, get_region
 
 #: Cloud-region prefixes and paper datacenters, mapped to the provider whose fleet PUE applies.
 _PROVIDER_OF_PREFIX = {"gcp": "google", "google": "google", "aws": "aws", "azure": "microsoft", "microsoft": "microsoft"}

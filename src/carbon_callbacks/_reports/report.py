@@ -16,13 +16,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._format import fmt_number, text_table
-from carbon_callbacks._run_dir import RUN_FILE, STEPS_FILE, read_run
+from carbon_callbacks._reports.format import fmt_number, text_table
+from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, read_run
 
-#: The `run.json` schema this version writes (see `carbon_callbacks._accounting.SCHEMA_VERSION`).
-CURRENT_SCHEMA = 1
-_J_PER_KWH = 3.6e6
 
 #: `info` keys an adapter may use for the per-step FLOPs by layer kind (from the analytic counter).
 BREAKDOWN_KEYS = ("flops_by_layer_kind", "flops_breakdown", "flops_by_kind")
@@ -283,10 +281,10 @@ def summary_from_records(records: list[dict]) -> dict:
         "steps": int(sum(r.get("num_steps", 1) for r in records)),
         "wall_time_s": seconds,
         "energy_kwh": energy,
-        "it_energy_kwh": it_j / _J_PER_KWH if it_j is not None else None,
+        "it_energy_kwh": it_j / J_PER_KWH if it_j is not None else None,
         "gross_co2e_kg": last.get("co2e_kg"),
         "net_co2e_kg": last.get("co2e_net_kg"),
-        "pue": step_kwh * _J_PER_KWH / it_j if step_kwh and it_j else None,
+        "pue": step_kwh * J_PER_KWH / it_j if step_kwh and it_j else None,
         "gross_kg_per_kwh": step_co2 / step_kwh if step_co2 is not None and step_kwh else None,
         "net_kg_per_kwh": last["co2e_net_kg"] / energy if last.get("co2e_net_kg") is not None and energy else None,
         "total_model_flops": _sum_or_none(records, "model_flops"),
@@ -332,9 +330,9 @@ def read_report(run_dir: str | os.PathLike) -> RunReport:
             f"{summary.get('steps')} steps"
         )
         schema = summary.get("schema_version")
-        if schema != CURRENT_SCHEMA:
+        if schema != SCHEMA_VERSION:
             notes.append(
-                f"{RUN_FILE} has schema_version {schema!r} (this version reads {CURRENT_SCHEMA}): written by "
+                f"{RUN_FILE} has schema_version {schema!r} (this version reads {SCHEMA_VERSION}): written by "
                 "another version; only the keys it has are shown"
             )
         status = summary.get("status")

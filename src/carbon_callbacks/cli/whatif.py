@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from carbon_callbacks._report import read_report
-from carbon_callbacks._whatif import format_whatif, whatif
+from carbon_callbacks._reports.report import read_report
+from carbon_callbacks._reports.whatif import format_whatif, whatif
 
 
 def add_lever_arguments(parser) -> None:

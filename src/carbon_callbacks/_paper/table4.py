@@ -14,7 +14,7 @@ import csv
 from dataclasses import asdict, dataclass
 from importlib import resources
 
-from carbon_callbacks._estimate import energy_kwh, estimate
+from carbon_callbacks._paper.estimate import energy_kwh, estimate
 
 PAPER = "Patterson et al. 2021, Carbon Emissions and Large Neural Network Training, Table 4 (arXiv:2104.10350)"
 

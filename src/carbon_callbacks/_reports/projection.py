@@ -187,7 +187,7 @@ def project_run(run_dir, total_steps: int | None = None, *, after_steps: int | N
     Raises:
         InvalidInputError: when the total length is unknown or the log has no records.
     """
-    from carbon_callbacks._report import read_report
+    from carbon_callbacks._reports.report import read_report
 
     report = read_report(run_dir)
     if total_steps is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from carbon_callbacks._cli._site_args import add_site_arguments, site_kwargs
-from carbon_callbacks._estimate import estimate
-from carbon_callbacks._format import fmt_number, text_table
+from carbon_callbacks.cli._site_args import add_site_arguments, site_kwargs
+from carbon_callbacks._paper.estimate import estimate
+from carbon_callbacks._reports.format import fmt_number, text_table
 
 
 def register(subparsers) -> None:

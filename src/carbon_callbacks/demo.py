@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 
 from carbon_callbacks._errors import check_count
-from carbon_callbacks._format import text_table
-from carbon_callbacks._site import resolve_site
+from carbon_callbacks._reports.format import text_table
+from carbon_callbacks._site.site import resolve_site
 
 #: The demo's assumptions, printed before training.
 REGION = "us-average"
@@ -144,9 +144,9 @@ def _comparison(summaries: dict[str, dict], records: dict[str, list[dict]], toke
 def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: float | None = None,
          steps: int | None = None) -> int:
     """Runs the demo; returns the exit code."""
-    from carbon_callbacks._plot import plot_runs
-    from carbon_callbacks._run_dir import read_run
-    from carbon_callbacks._whatif import format_whatif, whatif
+    from carbon_callbacks._reports.plot import plot_runs
+    from carbon_callbacks._run.files import read_run
+    from carbon_callbacks._reports.whatif import format_whatif, whatif
 
     import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import; quieted below)
     import torch

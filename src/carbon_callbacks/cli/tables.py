@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from carbon_callbacks._format import text_table
-from carbon_callbacks._tables import chips, pue_entries, regions
+from carbon_callbacks._reports.format import text_table
+from carbon_callbacks._site.tables import chips, pue_entries, regions
 
 
 def register(subparsers) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._site import Site, resolve_site
-from carbon_callbacks._tables import get_chip
+from carbon_callbacks._site.site import Site, resolve_site
+from carbon_callbacks._site.tables import get_chip
 
 
 @dataclass(frozen=True)

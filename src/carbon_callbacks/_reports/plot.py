@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._report import read_report
+from carbon_callbacks._reports.report import read_report
 
 #: Most what-if bars drawn (the lowest net CO2e first, the run itself always).
 MAX_BARS = 16

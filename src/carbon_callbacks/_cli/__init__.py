@@ -1,1 +1,0 @@
-"""Subcommands of the `carbon-callbacks` CLI, one module each (see `carbon_callbacks.cli`)."""

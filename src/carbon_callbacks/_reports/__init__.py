@@ -1,0 +1,1 @@
+"""What a finished run becomes: report cards, projections, what-ifs, plots and pandas frames."""

@@ -53,9 +53,9 @@ def train(name: str, config: GPTConfig) -> dict:
     counted = transformer_flops(config)
     step = track(train_step, region="us-average", pue=1.1, dtype="fp32", output_dir=OUT / name,
                  log_every_n_steps=20, flops=counted.model_flops)
-    step.tracker.annotate(params_total=counted.params_total, percent_active=counted.percent_active,
+    step.session.annotate(params_total=counted.params_total, percent_active=counted.percent_active,
                           params_source="analytic: transformer_flops(config)")
-    step.tracker.total_steps = STEPS  # the projection of the run's total after 20% of it
+    step.session.total_steps = STEPS  # the projection of the run's total after 20% of it
     state = (params, optimizer.init(params))
     with step:
         for i, (tokens, targets) in enumerate(text_batches(config), start=1):

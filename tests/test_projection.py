@@ -1,4 +1,4 @@
-"""Projection of a run's total energy and CO2e from its first steps, and the Tracker logging it once."""
+"""Projection of a run's total energy and CO2e from its first steps, and the run session logging it once."""
 
 from __future__ import annotations
 
@@ -6,31 +6,22 @@ import logging
 
 import pytest
 
-from carbon_callbacks import InvalidInputError, Tracker, read_run
+from carbon_callbacks import InvalidInputError, RunSession, read_run
 from carbon_callbacks._reports.projection import project, project_run
 from carbon_callbacks._reports.report import projection_line, read_report
-from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters import ReplayMeter
 
 
 def rec(n, kwh, seconds=1.0):
     return {"num_steps": n, "step_energy_kwh": kwh, "seconds": seconds, "step_co2e_kg": kwh * 0.5}
 
 
-class CyclingMeter:
-    """Windows draw 90, 110, 100, 90, 110, 100, ... J of CPU energy over 1 s: steady, with a spread."""
+def cycling_meter():
+    """Windows draw 90, 110, 100, 90, 110, 100, ... J of CPU energy over 1 s: steady, with a spread.
 
-    def __init__(self, joules=(90.0, 110.0, 100.0)):
-        self.joules, self.n = joules, 0
-
-    def begin_window(self, key):
-        pass
-
-    def end_window(self, key):
-        self.n += 1
-        return Measurement(1.0, {"cpu": self.joules[(self.n - 1) % len(self.joules)]}, {"cpu": "given"})
-
-    def close(self):
-        pass
+    The cycle covers 60 windows, more than any test here closes (then 100 J would repeat).
+    """
+    return ReplayMeter(energy_j=[90.0, 110.0, 100.0] * 20, seconds=1.0, component="cpu", method="given")
 
 
 def test_steady_rate_with_interval():
@@ -78,13 +69,13 @@ def test_bad_input():
 
 
 def test_tracker_logs_the_projection_once_after_a_fifth(tmp_path, caplog):
-    tracker = Tracker(intensity=0.5, net_intensity=0.2, pue=1.5, meter=CyclingMeter(), output_dir=tmp_path,
+    session = RunSession(intensity=0.5, net_intensity=0.2, pue=1.5, meter=cycling_meter(), output_dir=tmp_path,
                       log_every_n_steps=4)
-    tracker.start(total_steps=120)
+    session.start(total_steps=120)
     with caplog.at_level(logging.INFO, logger="carbon_callbacks._run.session"):
         for i in range(120):
-            tracker.step_end(loss=1.0, step=i + 1)
-    summary = tracker.finish()
+            session.step_end(loss=1.0, step=i + 1)
+    summary = session.finish()
     logged = [r for r in caplog.records if "projected after" in r.getMessage()]
     assert len(logged) == 1
     proj = summary["info"]["projection"]
@@ -103,11 +94,11 @@ def test_tracker_logs_the_projection_once_after_a_fifth(tmp_path, caplog):
 
 
 def test_projection_from_a_run_directory_after_20_percent(tmp_path):
-    tracker = Tracker(intensity=0.5, pue=1.0, meter=CyclingMeter(), output_dir=tmp_path, log_every_n_steps=5)
-    tracker.start()  # length unknown during the run: no projection logged
+    session = RunSession(intensity=0.5, pue=1.0, meter=cycling_meter(), output_dir=tmp_path, log_every_n_steps=5)
+    session.start()  # length unknown during the run: no projection logged
     for _ in range(100):
-        tracker.step_end()
-    summary = tracker.finish()
+        session.step_end()
+    summary = session.finish()
     assert "projection" not in summary["info"]
     p = project_run(tmp_path, total_steps=100, after_steps=20)
     assert p.steps_observed == 20
@@ -118,8 +109,8 @@ def test_projection_from_a_run_directory_after_20_percent(tmp_path):
 
 
 def test_no_projection_before_three_intervals(tmp_path):
-    tracker = Tracker(intensity=0.5, pue=1.0, meter=CyclingMeter(), output_dir=tmp_path, log_every_n_steps=5)
-    tracker.start(total_steps=10)  # two intervals in all: a warm-up and one steady one are too few
+    session = RunSession(intensity=0.5, pue=1.0, meter=cycling_meter(), output_dir=tmp_path, log_every_n_steps=5)
+    session.start(total_steps=10)  # two intervals in all: a warm-up and one steady one are too few
     for _ in range(10):
-        tracker.step_end()
-    assert "projection" not in tracker.finish()["info"]
+        session.step_end()
+    assert "projection" not in session.finish()["info"]

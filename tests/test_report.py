@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
 
-from carbon_callbacks import InvalidInputError, Tracker
+from carbon_callbacks import InvalidInputError, RunSession, StepFlops
 from carbon_callbacks._reports.frames import load_run
 from carbon_callbacks._reports.report import (
     energy_split,
@@ -20,38 +22,28 @@ from carbon_callbacks._reports.report import (
 )
 from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, write_json_atomic
 from carbon_callbacks.cli import main
-from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters import ReplayMeter
 
 
-class WindowMeter:
-    """Every logging interval draws `joules` of GPU energy over `seconds` (measured): a deterministic run."""
-
-    def __init__(self, joules=100.0, seconds=2.0):
-        self.joules, self.seconds = joules, seconds
-
-    def begin_window(self, key):
-        pass
-
-    def end_window(self, key):
-        return Measurement(self.seconds, {"gpu": self.joules}, {"gpu": "measured:nvml"})
-
-    def close(self):
-        pass
+def window_meter():
+    """Every logging interval draws 100 J of GPU energy over 2 s (measured): a deterministic run."""
+    return ReplayMeter(energy_j=100.0, seconds=2.0, component="gpu", method="measured:nvml")
 
 
 def make_run(path, *, steps=20, every=5, info=None, crash_after=None):
     """20 steps of 1e9 model FLOPs and 100 tokens on a V100 (fp16 peak 125 TFLOP/s), 4 intervals of 100 J / 2 s."""
-    tracker = Tracker(
-        intensity=0.5, net_intensity=0.2, pue=1.2, chip="v100", dtype="fp16", meter=WindowMeter(),
+    session = RunSession(
+        intensity=0.5, net_intensity=0.2, pue=1.2, chip="v100", dtype="fp16", meter=window_meter(),
         output_dir=path, log_every_n_steps=every,
     )
-    tracker.start(info=info)
-    tracker.accountant.flush_every = 1
+    session.start(info=info)
+    session.accountant.flush_every = 1
     for i in range(steps):
-        tracker.step_end(model_flops=1e9, tokens=100, loss=3.0 - 0.1 * i, step=i + 1)
+        session.step_end(flops=StepFlops(1e9, 1e9, "given", 100), loss=3.0 - 0.1 * i, step=i + 1)
         if crash_after is not None and i + 1 == crash_after:
             return None  # dies here: run.json says "running"
-    return tracker.finish()
+    with contextlib.redirect_stdout(io.StringIO()):  # the report card a finished run prints
+        return session.finish()
 
 
 IT_KWH = 400.0 / 3.6e6
@@ -206,3 +198,19 @@ def test_load_run_one_and_several(tmp_path):
     )
     with pytest.raises(InvalidInputError, match="one entry per run directory"):
         load_run(tmp_path / "dense", labels=["a", "b"])
+
+
+@pytest.mark.parametrize("content", ["[]", "3", "null", '"run"'])
+def test_run_json_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, content):
+    (tmp_path / RUN_FILE).write_text(content)
+    with pytest.raises(InvalidInputError, match=r"run\.json: expected a JSON object"):
+        read_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert len(err_lines) == 1 and str(tmp_path / RUN_FILE) in err_lines[0], captured.err
+    assert "Traceback" not in captured.err
+    (tmp_path / RUN_FILE).write_text("{}")
+    (tmp_path / STEPS_FILE).write_text('{"step": 0}\n[1, 2]\n')
+    with pytest.raises(InvalidInputError, match=r"steps\.jsonl: line 2 is not a JSON object"):
+        read_report(tmp_path)

@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import struct
 
 import pytest
 
-from carbon_callbacks import InvalidInputError, Tracker, UnknownNameError
+from carbon_callbacks import InvalidInputError, RunSession, StepFlops, UnknownNameError
 from carbon_callbacks._reports.plot import plot_runs
 from carbon_callbacks._reports.whatif import format_whatif, whatif
 from carbon_callbacks.cli import main
-from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters import ReplayMeter
 
 
-class WindowMeter:
+def window_meter():
     """Every interval: 100 J of GPU energy over 2 s, measured."""
-
-    def begin_window(self, key):
-        pass
-
-    def end_window(self, key):
-        return Measurement(2.0, {"gpu": 100.0}, {"gpu": "measured:nvml"})
-
-    def close(self):
-        pass
+    return ReplayMeter(energy_j=100.0, seconds=2.0, component="gpu", method="measured:nvml")
 
 
 def make_run(path, info=None, chip="v100"):
     """20 steps x 1e9 FLOPs in 4 intervals of 100 J / 2 s: 400 J IT, PUE 1.2, 0.5 / 0.2 kg per kWh."""
-    tracker = Tracker(intensity=0.5, net_intensity=0.2, pue=1.2, chip=chip, dtype="fp16", meter=WindowMeter(),
+    session = RunSession(intensity=0.5, net_intensity=0.2, pue=1.2, chip=chip, dtype="fp16", meter=window_meter(),
                       output_dir=path, log_every_n_steps=5)
-    tracker.start(info=info)
+    session.start(info=info)
     for i in range(20):
-        tracker.step_end(model_flops=1e9, loss=4.0 / (i + 1), step=i + 1)
-    return tracker.finish()
+        session.step_end(flops=StepFlops(1e9, 1e9, "given"), loss=4.0 / (i + 1), step=i + 1)
+    with contextlib.redirect_stdout(io.StringIO()):  # the report card a finished run prints
+        return session.finish()
 
 
 IT_KWH = 400.0 / 3.6e6

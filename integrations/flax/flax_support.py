@@ -10,7 +10,7 @@ from flax import linen as nn
 from flax import nnx
 from flax.training import train_state
 
-from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters import ReplayMeter
 
 #: The site every test uses: PUE 1.2, 0.5 kg/kWh gross, 0.2 kg/kWh net.
 SITE = {"intensity": 0.5, "net_intensity": 0.2, "pue": 1.2}
@@ -29,23 +29,11 @@ def mlp_step_flops(batch: int = BATCH) -> int:
     return 3 * (first + second) - first
 
 
-class FixedMeter:
+class FixedMeter(ReplayMeter):
     """A meter whose every window holds `joules` of GPU energy over `seconds`, labelled measured (a fake sensor)."""
 
     def __init__(self, joules: float = 90.0, seconds: float = 3.0) -> None:
-        self.joules, self.seconds = joules, seconds
-        self.windows = 0
-        self.closed = False
-
-    def begin_window(self, key):
-        pass
-
-    def end_window(self, key):
-        self.windows += 1
-        return Measurement(self.seconds, {"gpu": self.joules}, {"gpu": "measured:nvml"})
-
-    def close(self):
-        self.closed = True
+        super().__init__(energy_j=joules, seconds=seconds, component="gpu", method="measured:nvml")
 
 
 class MLP(nn.Module):

@@ -59,7 +59,7 @@ def test_mfu_with_a_known_chip(tmp_path):
     step = track(make_linen_step(), **SITE, chip="a100", dtype="bf16", meter=FixedMeter(seconds=2.0),
                  log_every_n_steps=2, output_dir=tmp_path)
     _, history = run(step, 2)
-    peak = step.tracker.accountant.peak_flops
+    peak = step.session.accountant.peak_flops
     assert math.isnan(history[0]["carbon/mfu"])
     assert history[1]["carbon/mfu"] == pytest.approx(mlp_step_flops() / 1.0 / peak, rel=1e-12)
     step.close()
@@ -175,7 +175,7 @@ def test_a_failing_flop_count_warns_once_and_training_goes_on(tmp_path, monkeypa
     with pytest.warns(RuntimeWarning, match="tracer exploded") as caught:
         _, history = run(step, 3, xy=batch(size=2))
         run(step, 1, xy=batch(size=3))  # a new signature fails again, silently
-    assert sum("counting the step's FLOPs failed" in str(w.message) for w in caught) == 1
+    assert sum("counting a training step's FLOPs failed" in str(w.message) for w in caught) == 1
     assert set(history[-1]) == {"loss", *BASE_KEYS}
     assert step.close()["total_model_flops"] is None
 

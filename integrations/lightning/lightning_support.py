@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters import ReplayMeter
 from carbon_callbacks.models import DENSE, SWITCH, GPTConfig
 from carbon_callbacks.models.torch_gpt import GPT, loss_fn
 
@@ -25,25 +25,21 @@ DENSE_SMALL = DENSE.with_(d_model=32, d_ff=64, seq_len=16, batch_size=4, vocab_s
 SWITCH_SMALL = SWITCH.with_(d_model=32, d_ff=64, seq_len=16, batch_size=4, vocab_size=64)
 
 
-class FixedMeter:
-    """A fake sensor: every window holds `joules` of GPU energy over `seconds`, labelled measured."""
+class FixedMeter(ReplayMeter):
+    """A fake sensor: every window holds `joules` of GPU energy over `seconds`, labelled measured.
+
+    With `fail_after`, every window after the first `fail_after` raises, as an unplugged sensor's driver would.
+    """
 
     def __init__(self, joules: float = 90.0, seconds: float = 3.0, fail_after: int | None = None) -> None:
-        self.joules, self.seconds, self.fail_after = joules, seconds, fail_after
-        self.windows = 0
-        self.closed = False
-
-    def begin_window(self, key):
-        pass
+        super().__init__(energy_j=joules, seconds=seconds, component="gpu", method="measured:nvml")
+        self.fail_after = fail_after
 
     def end_window(self, key):
-        self.windows += 1
-        if self.fail_after is not None and self.windows > self.fail_after:
+        measurement = super().end_window(key)
+        if self.fail_after is not None and self.windows_ended > self.fail_after:
             raise OSError("sensor unplugged")
-        return Measurement(self.seconds, {"gpu": self.joules}, {"gpu": "measured:nvml"})
-
-    def close(self):
-        self.closed = True
+        return measurement
 
 
 class TokenData(Dataset):

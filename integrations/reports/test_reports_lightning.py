@@ -22,8 +22,7 @@ from carbon_callbacks._reports.whatif import whatif  # noqa: E402
 from carbon_callbacks.cli import main  # noqa: E402
 from carbon_callbacks.flops import transformer_flops  # noqa: E402
 from carbon_callbacks.lightning import CarbonCallback  # noqa: E402
-from carbon_callbacks.meters import create_meter  # noqa: E402
-from carbon_callbacks.meters._base import Measurement  # noqa: E402
+from carbon_callbacks.meters import ReplayMeter, create_meter  # noqa: E402
 from carbon_callbacks.models import GPTConfig  # noqa: E402
 from carbon_callbacks.models.torch_gpt import GPT, loss_fn  # noqa: E402
 
@@ -33,22 +32,12 @@ DENSE = GPTConfig(num_layers=2, d_model=32, num_heads=4, seq_len=16, batch_size=
 SWITCH = DENSE.with_(num_experts=4, top_k=1)
 
 
-class SteadyMeter:
-    """A steady machine: 3 J per window, the first (FLOP counting, allocation) 5x, later ones alternating +-5%."""
+def steady_meter():
+    """A steady machine: 3 J per 0.1 s window, the first (FLOP counting, allocation) 5x, later ones alternating +-5%.
 
-    def __init__(self):
-        self.windows = 0
-
-    def begin_window(self, key):
-        pass
-
-    def end_window(self, key):
-        self.windows += 1
-        joules = 15.0 if self.windows == 1 else 3.0 * (1.05 if self.windows % 2 else 0.95)
-        return Measurement(0.1, {"cpu": joules}, {"cpu": "given"})
-
-    def close(self):
-        pass
+    The series covers 41 windows, more than the 25 of a run (then 3.15 J would repeat).
+    """
+    return ReplayMeter(energy_j=[15.0] + [2.85, 3.15] * 20, seconds=0.1, component="cpu", method="given")
 
 
 class LitGPT(pl.LightningModule):
@@ -72,13 +61,13 @@ def fit(config, directory, twin=None, meter=None):
     meter = meter or create_meter(rapl=False, nvml=False)
     callback = CarbonCallback(intensity=0.5, net_intensity=0.2, pue=1.2, output_dir=directory,
                               log_every_n_steps=EVERY, dtype="fp32", meter=meter)
-    callback.tracker.total_steps = STEPS
+    callback.session.total_steps = STEPS
     info = {"flops_by_layer_kind": {"model": flops.breakdown, "hardware": flops.hardware_breakdown}}
     if twin is not None:
         twin_flops = transformer_flops(twin)
         info["moe_twin"] = {"model_flops_per_step": twin_flops.model_flops,
                             "hardware_flops_per_step": twin_flops.hardware_flops}
-    callback.tracker.annotate(**info)
+    callback.session.annotate(**info)
     generator = torch.Generator().manual_seed(0)
     data = torch.randint(0, config.vocab_size, (STEPS * config.batch_size, config.seq_len + 1), generator=generator)
     loader = torch.utils.data.DataLoader(
@@ -136,7 +125,7 @@ def test_projection_is_logged_once_after_20_percent(runs):
 
 
 def test_projection_after_20_percent_of_a_steady_run_is_within_10_percent(tmp_path):
-    summary = fit(DENSE, tmp_path, meter=SteadyMeter())
+    summary = fit(DENSE, tmp_path, meter=steady_meter())
     proj = summary["info"]["projection"]
     assert proj["steps_observed"] == 20
     assert proj["energy_kwh"] / summary["energy_kwh"] == pytest.approx(1.0, abs=0.10)

@@ -5,6 +5,8 @@ The core imports only the standard library; framework adapters live in `carbon_c
 pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those functions are called.
 """
 
+import importlib.metadata as _metadata
+
 from carbon_callbacks._run.accountant import Accountant
 from carbon_callbacks._run.accountant import COMPONENTS
 from carbon_callbacks._errors import CarbonCallbacksError
@@ -30,7 +32,8 @@ from carbon_callbacks._site.tables import Region
 from carbon_callbacks._site.tables import get_chip
 from carbon_callbacks._site.tables import get_pue
 from carbon_callbacks._site.tables import get_region
-from carbon_callbacks._run.session import Tracker
+from carbon_callbacks._run.session import RunSession
+from carbon_callbacks._run.step_flops import StepFlops
 from carbon_callbacks._reports.whatif import Scenario
 from carbon_callbacks._reports.whatif import whatif
 from carbon_callbacks.flops import FlopCount
@@ -41,10 +44,14 @@ from carbon_callbacks.flops import transformer_flops
 from carbon_callbacks.meters import ConstantPowerMeter
 from carbon_callbacks.meters import Measurement
 from carbon_callbacks.meters import Meter
+from carbon_callbacks.meters import ReplayMeter
 from carbon_callbacks.meters import create_meter
 from carbon_callbacks.flops import count as count_flops
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one source of the version; a source tree that was never installed has none.
+    __version__ = _metadata.version("carbon-callbacks")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
 
 __all__ = [
     "Accountant",
@@ -61,10 +68,12 @@ __all__ = [
     "Projection",
     "PueEntry",
     "Region",
+    "ReplayMeter",
     "RunReport",
+    "RunSession",
     "Scenario",
     "Site",
-    "Tracker",
+    "StepFlops",
     "TransformerConfig",
     "TransformerFlops",
     "UnknownNameError",
@@ -86,3 +95,10 @@ __all__ = [
     "transformer_flops",
     "whatif",
 ]
+
+
+def __getattr__(name: str):
+    """Old names still work for a while, with a warning that names the replacement (see `_deprecations`)."""
+    from carbon_callbacks._deprecations import renamed
+
+    return renamed(name, globals())

@@ -101,7 +101,7 @@ def train(name: str, config, data: bytes, out: Path, *, region: str, pue: float 
         twin_flops = transformer_flops(twin)
         info["moe_twin"] = {"name": "switch", "model_flops_per_step": twin_flops.model_flops,
                             "hardware_flops_per_step": twin_flops.hardware_flops}
-    callback.tracker.annotate(**info)
+    callback.session.annotate(**info)
     trainer = pl.Trainer(
         max_steps=steps, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -1,10 +1,10 @@
 """JAX/Flax: wrap a training step so every step's metrics carry its energy, CO2e, FLOPs and MFU.
 
 `track(train_step, ...)` returns a callable with `train_step`'s signature. It calls the step as it is (jitted or
-not, Linen or NNX, with its donation and sharding), and around it does in plain Python what every adapter does
-through `carbon_callbacks._run.session.Tracker`: per step a few additions in memory; every `log_every_n_steps` steps
-one `jax.block_until_ready` on the step's outputs, one meter reading and, with several processes, one sum of the
-totals across processes. Nothing runs inside `jit`.
+not, Linen or NNX, with its donation and sharding) and maps each call onto
+`carbon_callbacks._run.session.RunSession`, which does what every adapter does: per step a few additions in
+memory; every `log_every_n_steps` steps one `jax.block_until_ready` on the step's outputs, one meter reading and,
+with several processes, one sum of the totals across processes. Nothing runs inside `jit`.
 
 Example:
     >>> from carbon_callbacks.flax import track
@@ -18,47 +18,28 @@ from __future__ import annotations
 
 import atexit
 import functools
-import logging
 import math
 import struct
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._reports.report import format_report
+from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._run.files import default_output_dir
-from carbon_callbacks._run.session import Tracker
+from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.step_flops import StepFlops, find_model_config, token_shape
 
 try:
     import jax
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("carbon_callbacks.flax needs JAX: pip install 'carbon-callbacks[jax]'") from err
 
-log = logging.getLogger(__name__)
-
 #: Steps per logging interval when the user gives none: JAX has no trainer with a default of its own, so we take
 #: the one Lightning uses (`Trainer(log_every_n_steps=50)`).
 DEFAULT_LOG_EVERY_N_STEPS = 50
-#: Where runs go when `output_dir` is not given: `./carbon-runs/<UTC timestamp>`, as the Keras callback does.
 #: Metric keys a step's metrics always carry (more when FLOPs and a peak are known).
 BASE_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/step_time_s")
-
-
-class StepFlops(NamedTuple):
-    """FLOPs of one step for one input signature, counted once.
-
-    Attributes:
-        model_flops: FLOPs the model needs per step (top-k experts only); `None` when not counted.
-        hardware_flops: FLOPs that run per step (padding, dispatch); `None` when not counted.
-        method: how they were obtained (`carbon_callbacks.flops.count`'s label, or `"given"`), for `run.json`.
-    """
-
-    model_flops: float | None
-    hardware_flops: float | None
-    method: str | None
 
 
 class StepCounters(NamedTuple):
@@ -132,19 +113,27 @@ def _count_params(args: tuple) -> int | None:
     return None
 
 
-def _add_metrics(out: Any, carbon: dict[str, float]) -> Any:
-    """Adds `carbon` to the metrics dict that ends a tuple output; returns the (possibly rebuilt) output."""
-    if not isinstance(out, tuple) or not out or not isinstance(out[-1], Mapping):
-        return out
-    metrics = out[-1]
+def _with_carbon(metrics: Mapping, carbon: dict[str, float]) -> Mapping:
+    """`metrics` with the `carbon` keys added: in place for a plain dict, else a rebuilt mapping."""
     if type(metrics) is dict:
         metrics.update(carbon)  # the step returned a fresh dict: adding keys costs nothing else
-        return out
+        return metrics
     merged = {**metrics, **carbon}
     try:
-        merged = type(metrics)(merged)  # FrozenDict and other mappings built from a dict
+        return type(metrics)(merged)  # FrozenDict and other mappings built from a dict
     except Exception:  # a mapping type that cannot be rebuilt from a dict: hand back a plain dict
-        pass
+        return merged
+
+
+def _add_metrics(out: Any, carbon: dict[str, float]) -> Any:
+    """Adds `carbon` to the step's metrics: a bare metrics dict (common with NNX), or the dict that ends a tuple."""
+    if isinstance(out, Mapping):
+        return _with_carbon(out, carbon)
+    if not isinstance(out, tuple) or not out or not isinstance(out[-1], Mapping):
+        return out
+    merged = _with_carbon(out[-1], carbon)
+    if merged is out[-1]:
+        return out
     if hasattr(out, "_fields"):  # a NamedTuple
         return type(out)(*out[:-1], merged)
     return (*out[:-1], merged)
@@ -153,14 +142,23 @@ def _add_metrics(out: Any, carbon: dict[str, float]) -> Any:
 def _find_loss(out: Any) -> Any:
     """The scalar `loss` entry of the step's metrics dict, left on the device.
 
-    The tracker keeps it as it is and converts it to a float only when the interval closes, after the device
+    The session keeps it as it is and converts it to a float only when the interval closes, after the device
     sync, so reading the loss never makes a step wait.
     """
-    if isinstance(out, tuple) and out and isinstance(out[-1], Mapping):
-        loss = out[-1].get("loss")
+    metrics = out if isinstance(out, Mapping) else out[-1] if isinstance(out, tuple) and out else None
+    if isinstance(metrics, Mapping):
+        loss = metrics.get("loss")
         if isinstance(loss, (int, float)) or getattr(loss, "shape", None) == ():
             return loss
     return None
+
+
+def _token_leaves(args: tuple):
+    """(shape, is_integer) of the step's array arguments, for the batch's token ids."""
+    for leaf in jax.tree_util.tree_leaves(args):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None:
+            yield tuple(shape), jax.numpy.issubdtype(leaf.dtype, jax.numpy.integer)
 
 
 class TrackedStep:
@@ -170,11 +168,11 @@ class TrackedStep:
     files and print the report; otherwise that happens when the interpreter exits.
 
     Attributes:
-        tracker: the `Tracker` doing the accounting (shared logic of every adapter).
+        session: the `RunSession` doing the accounting (shared logic of every adapter).
         counters: a `StepCounters` of steps, FLOP counts and closed intervals.
     """
 
-    def __init__(self, train_step: Callable, tracker: Tracker, model_flops: float | None = None) -> None:
+    def __init__(self, train_step: Callable, session: RunSession) -> None:
         if not callable(train_step):
             raise InvalidInputError(
                 f"train_step must be the training step function, got {type(train_step).__name__}: {train_step!r}."
@@ -185,123 +183,117 @@ class TrackedStep:
                 setattr(self, name, getattr(train_step, name))
             except AttributeError:
                 pass
-        self.tracker = tracker
-        self._user_meter = tracker.meter is not None
-        self._model_flops_attr = model_flops
-        self._flops_cache: dict[tuple, StepFlops] = {}
+        self.session = session
+        self._seen: set[tuple] = set()
         self._only: StepFlops | None = None  # the FLOPs of the one signature seen, while it is the only one
         self._last_cache_size: int | None = None
         self._cache_was_empty = False
         self._started = False
         self._closed = False
-        self._summary: dict | None = None
         self._last_out: Any = None
         self._last_metrics: dict[str, float] = {}
-        self._last_raised = False
-        self._world_size = 1
-        self._warned: set[str] = set()
+        self._exception: BaseException | None = None
         self.counters = StepCounters()
 
     # ------------------------------------------------------------------------------------------- the step
     def __call__(self, *args, **kwargs):
         if self._closed:
-            self._warn_once(
-                "closed",
-                "carbon-callbacks: this tracked step was closed; further steps are not tracked. "
-                "Call track(train_step, ...) again for a new run.",
-            )
+            self.session.warn_once("closed", "carbon-callbacks: this tracked step was closed; further steps are not "
+                                   "tracked. Call track(train_step, ...) again for a new run.")
             return self.__wrapped__(*args, **kwargs)
         if not self._started:
-            try:
-                self._start()
-            except Exception as err:  # our bookkeeping must never stop training
-                self._warn_failure(err)
-        self._last_raised = True
-        out = self.__wrapped__(*args, **kwargs)
-        self._last_raised = False
-        # Everything below runs while the device works on the step just dispatched.
+            self._start(args)
         try:
-            return self._after_step(out, self._flops_for(args, kwargs))
-        except Exception as err:
-            self._warn_failure(err)
-            return out
+            out = self.__wrapped__(*args, **kwargs)
+        except BaseException as err:
+            self._exception = err
+            raise
+        self._exception = None
+        # Everything below runs while the device works on the step just dispatched.
+        tracked = self._after_step(out, args, kwargs)
+        return out if tracked is None else tracked
 
-    def _after_step(self, out: Any, flops: StepFlops | None) -> Any:
-        tracker = self.tracker
+    @guarded
+    def _after_step(self, out: Any, args: tuple, kwargs: dict) -> Any:
+        session = self.session
+        if not session.running:
+            return None
+        flops = self._flops_for(args, kwargs)
         self.counters = self.counters._replace(steps=self.counters.steps + 1)
         self._last_out = out
-        if tracker.pending_steps + 1 >= tracker.interval:  # the only wait for the device: once per interval
+        if session.pending_steps + 1 >= session.interval:  # the only wait for the device: once per interval
             jax.block_until_ready(out)
-        closed = tracker.step_end(
-            model_flops=flops.model_flops if flops else None,
-            hardware_flops=flops.hardware_flops if flops else None,
-            loss=_find_loss(out),
-            step=self.counters.steps,
-        )
-        if closed:
-            if self._world_size > 1:
-                tracker.sync(_process_sum, self._world_size)
-            self._last_metrics.update(tracker.metrics())
+        if session.step_end(flops=flops, loss=_find_loss(out), step=self.counters.steps):
+            if session.world_size > 1:
+                session.sync(_process_sum)
+            self._last_metrics.update(session.last_metrics)
             self.counters = self.counters._replace(intervals=self.counters.intervals + 1)
-        if flops is not None and flops.model_flops is not None and tracker.flops is None:
+        if flops is not None and flops.model_flops is not None:
             self._last_metrics["carbon/flops"] = flops.model_flops  # this step's own count, exact
         return _add_metrics(out, self._last_metrics)
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def _start(self) -> None:
+    @guarded
+    def _start(self, args: tuple) -> None:
         """Begins the run at the first call, after the user's `jax.distributed.initialize`."""
-        tracker = self.tracker
-        self._world_size = jax.process_count()
-        if tracker.num_chips is None and jax.default_backend() != "cpu":
-            tracker.num_chips = jax.device_count()  # every accelerator of every process, not one per process
-        if not self._user_meter:
-            tracker.meter = None  # a fresh default meter per run
-        tracker.start(
-            output_dir=default_output_dir() if tracker.output_dir is None else None,
+        session = self.session
+        self._started = True
+        num_chips = jax.device_count() if jax.default_backend() != "cpu" else None  # all processes' accelerators
+        info = {"framework": f"jax {jax.__version__}", "step_function": getattr(self, "__qualname__", None)}
+        params = _count_params(args)
+        if params:
+            info.update(params_total=params, params_source="counted: the step's parameter arrays")
+        session.start(
+            model=self.__wrapped__,
+            output_dir=default_output_dir() if session.output_dir is None else None,
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
-            world_size=self._world_size,
+            world_size=jax.process_count(),
             rank=jax.process_index(),
-            info={"framework": f"jax {jax.__version__}", "step_function": getattr(self, "__qualname__", None)},
+            info=info,
+            num_chips=num_chips,
         )
-        if self._model_flops_attr is not None and tracker.flops is None:
-            tracker.accountant.annotate(flops_method="given")
+        session.flop_source.use_config(find_model_config(*args))
         keys = list(BASE_KEYS)
-        if tracker.flops is not None or self._model_flops_attr is not None:
+        if session.flop_source.fixed is not None:
             keys.append("carbon/flops")
-            if tracker.accountant.peak_flops is not None:
+            if session.accountant.peak_flops is not None:
                 keys.append("carbon/mfu")
         # Not measured before the first interval closes: NaN, the float a logger shows as "no value".
         self._last_metrics = dict.fromkeys(keys, math.nan)
-        if tracker.flops is not None:
-            self._last_metrics["carbon/flops"] = tracker.flops
         # Only entries compiled while we watch can be attributed to a signature we saw.
         self._cache_was_empty = self._jit_cache_size() == 0
         self._only, self._last_cache_size = None, None
-        self._started = True
         atexit.register(self._close_at_exit)
 
     def _flops_for(self, args: tuple, kwargs: dict) -> StepFlops | None:
-        """This step's FLOPs, counted once per distinct input signature.
+        """This step's FLOPs and tokens, counted once per distinct input signature.
 
         Called after the step was dispatched: tracing needs only shapes and dtypes, which donated (deleted)
         arrays keep. The signature (a tree flatten, tens of microseconds for a large state) is skipped while the
         jitted step's own cache shows that it ran a computation compiled for the one signature seen so far.
         """
-        if self.tracker.flops is not None:
-            return None  # the tracker uses the given figure
-        if self._model_flops_attr is not None:
-            return StepFlops(self._model_flops_attr, self._model_flops_attr, "given")
         size = self._jit_cache_size()
         if self._only is not None and size is not None and size == self._last_cache_size:
             return self._only
         key = _signature(args, kwargs)
-        cached = self._flops_cache.get(key)
-        if cached is None:
-            cached = self._flops_cache[key] = self._count(args, kwargs)
+        if key not in self._seen:
+            self._seen.add(key)
             self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
+        flops = self.session.step_flops(lambda: key, lambda: self._count(args, kwargs),
+                                        lambda: token_shape(_token_leaves(args)))
         self._last_cache_size = size
-        self._only = cached if len(self._flops_cache) == 1 and self._cache_was_empty else None
-        return cached
+        self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
+        if flops is not None and flops.model_flops is not None and "carbon/flops" not in self._last_metrics:
+            self._last_metrics["carbon/flops"] = flops.model_flops
+            if self.session.accountant.peak_flops is not None:
+                self._last_metrics["carbon/mfu"] = math.nan
+        return flops
+
+    def _count(self, args: tuple, kwargs: dict):
+        from carbon_callbacks.flops import count
+
+        fn = functools.partial(self.__wrapped__, **kwargs) if kwargs else self.__wrapped__
+        return count(fn, *args, framework="jax")
 
     def _jit_cache_size(self) -> int | None:
         """Entries in the jitted step's compilation cache (`None` for a step that has no such cache).
@@ -317,99 +309,59 @@ class TrackedStep:
         except Exception:
             return None
 
-    def _count(self, args: tuple, kwargs: dict) -> StepFlops:
-        from carbon_callbacks import flops as flops_module
-
-        fn = functools.partial(self.__wrapped__, **kwargs) if kwargs else self.__wrapped__
-        try:
-            result = flops_module.count(fn, *args, framework="jax")
-        except Exception as err:
-            self._warn_once(
-                "count",
-                f"carbon-callbacks: counting the step's FLOPs failed ({type(err).__name__}: {err}); carbon/flops and "
-                "carbon/mfu are not reported. Pass flops=<model FLOPs per step> to track() to give them.",
-            )
-            return StepFlops(None, None, None)
-        for message in getattr(result, "warnings", ()) or ():
-            self._warn_once(f"count:{message}", f"carbon-callbacks: {message}")
-        model = getattr(result, "model_flops", None)
-        model = float(model if model is not None else result.total)
-        hardware = getattr(result, "hardware_flops", None)
-        hardware = float(hardware) if hardware is not None else model
-        method = getattr(result, "method", None)
-        info = {"flops_method": method}
-        if "params_total" not in self.tracker.accountant.info:
-            params = _count_params(args)
-            if params:
-                info.update(params_total=params, params_source="counted: the step's parameter arrays")
-        self.tracker.accountant.annotate(**info)
-        if "carbon/flops" not in self._last_metrics:
-            self._last_metrics["carbon/flops"] = model
-            if self.tracker.accountant.peak_flops is not None:
-                self._last_metrics["carbon/mfu"] = math.nan
-        log.info("carbon-callbacks: %s FLOPs per step (%s) for a new input signature", f"{model:.4g}", method)
-        return StepFlops(model, hardware, method)
-
     def close(self, status: str | None = None) -> dict | None:
         """Ends the run: waits for the last step, sums over processes, writes the run files, prints the report.
 
         Call it on every process (it takes part in a collective when there are several). Safe to call twice.
 
         Args:
-            status: `"finished"`, `"interrupted"` or `"failed"`. Defaults to `None`: `"interrupted"` when the
-                last call of the step raised, else `"finished"`.
+            status: `"finished"`, `"interrupted"` or `"failed"`. Defaults to `None`: from the exception the last
+                call of the step raised, if any (see `carbon_callbacks._run.session.status_for`).
 
         Returns:
             The `run.json` content, or `None` when the step was never called.
         """
         if self._closed:
-            return self._summary
+            return self.session.summary_at_finish
         self._closed = True
         atexit.unregister(self._close_at_exit)
-        if not self._started:
-            return None
-        status = status or ("interrupted" if self._last_raised else "finished")
-        tracker = self.tracker
-        try:
-            out, self._last_out = self._last_out, None
-            tracker.close_interval(sync=lambda: self._block(out))
-            if self._world_size > 1:
-                tracker.sync(_process_sum, self._world_size)
-        except Exception as err:
-            self._warn_failure(err)
-        try:
-            self._summary = tracker.finish(status=status)
-        except Exception as err:
-            self._warn_failure(err)
-            self._summary = tracker.accountant.summary()
-        finally:
-            tracker.close_meter()
-        if tracker.rank == 0 and self._summary is not None:
-            print(format_report(self._summary), flush=True)
-            if tracker.run_dir is not None:
-                log.info("carbon-callbacks: run files in %s", tracker.run_dir)
-        return self._summary
+        out, self._last_out = self._last_out, None
+        collective = _process_sum if self.session.world_size > 1 else None
+        return self.session.finish(status or status_for(self._exception), sync=lambda: _block(out),
+                                   reduce_sum=collective)
 
     def summary(self) -> dict | None:
-        """The `run.json` content as of the last closed interval (the final one after `close()`)."""
-        if self._summary is not None:
-            return self._summary
-        return self.tracker.accountant.summary() if self.tracker.accountant is not None else None
+        """The `run.json` content up to the last completed step (the final one after `close()`)."""
+        if self.session.running:
+            out = self._last_out
+            self.session.close_interval(sync=lambda: _block(out))
+        return self.session.summary()
 
     def metrics(self) -> dict[str, float]:
         """The `carbon/*` values added to the last step's metrics (for steps that return no metrics dict)."""
         return dict(self._last_metrics)
 
+    def state_dict(self) -> dict:
+        """The run's totals for a checkpoint (call on every process), so a resumed run continues them."""
+        out = self._last_out
+        if self.session.running:
+            self.session.close_interval(sync=lambda: _block(out))
+        return self.session.state_dict(reduce_sum=_process_sum if self.session.world_size > 1 else None)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues the totals of `state_dict()`: from the next step, or at the first one."""
+        self.session.load_state_dict(state)
+
     @property
     def run_dir(self) -> Path | None:
         """Where the run files are written (`None` on processes other than 0 and before the first step)."""
-        return self.tracker.run_dir
+        return self.session.run_dir
 
     def __enter__(self) -> TrackedStep:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(status="interrupted" if exc_type is not None else None)
+        self.close(status=status_for(exc) if exc_type is not None else None)
 
     def __getattr__(self, name: str):
         # Only reached for names this object lacks: the jitted step's own API (`lower`, `trace`, ...).
@@ -421,34 +373,19 @@ class TrackedStep:
     def __repr__(self) -> str:
         return f"TrackedStep({self.__wrapped__!r})"
 
-    # ------------------------------------------------------------------------------------------- internals
+    @guarded
     def _close_at_exit(self) -> None:
-        try:
-            self.close()
-        except Exception as err:  # never fail the interpreter's exit
-            log.warning("carbon-callbacks: closing the run at exit failed: %s", err)
+        self.close()
 
-    @staticmethod
-    def _block(out: Any) -> None:
-        if out is None:
-            return
-        try:
-            jax.block_until_ready(out)
-        except Exception:  # outputs already donated to a later call: nothing left to wait for
-            pass
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    def _warn_failure(self, err: Exception) -> None:
-        log.debug("carbon-callbacks failure", exc_info=err)
-        self._warn_once(
-            "failure",
-            f"carbon-callbacks: tracking failed ({type(err).__name__}: {err}); training continues, the run's totals "
-            "may miss the affected steps.",
-        )
+def _block(out: Any) -> None:
+    """Waits for the step that produced `out` (nothing to wait for once a later call took its donated arrays)."""
+    if out is None:
+        return
+    try:
+        jax.block_until_ready(out)
+    except Exception:
+        pass
 
 
 def track(
@@ -468,8 +405,8 @@ def track(
 ) -> TrackedStep:
     """Wraps a JAX/Flax training step so its metrics carry `carbon/*` values and the run is written to disk.
 
-    Where the step returns a tuple ending in a dict of metrics (`state, metrics = train_step(state, batch)`), the
-    `carbon/*` keys are added to that dict on every step: fresh values when a logging interval closes, the last
+    Where the step returns a dict of metrics, or a tuple ending in one (`state, metrics = train_step(state,
+    batch)`), the `carbon/*` keys are added to that dict on every step: fresh values when a logging interval closes, the last
     known ones in between (NaN before the first interval closes). Every other output is returned untouched.
 
     Args:
@@ -503,33 +440,13 @@ def track(
         >>> metrics["carbon/co2e_kg"]  # doctest: +SKIP
 
     Notes:
-        Timing is per interval: the interval's wall time from one device sync to the next, split evenly over its
-        steps (`carbon/step_time_s`), so asynchronous dispatch is not serialised between syncs. With several
-        processes (`jax.distributed.initialize` before the first step), every process must call the step the
-        same number of times and call `close()`; totals are summed over processes at every interval and process
-        0 alone writes the files. The first call of a new input signature traces the step once more to count
-        its FLOPs (no compilation), after the step was dispatched. A traced count sees what runs: for an MoE
-        model that is its hardware FLOPs (capacity padding included), which then also stand for the model FLOPs
-        in `carbon/flops` and MFU; pass `flops=transformer_flops(config).model_flops` to base MFU on the routed
-        experts only.
+        Timing per interval, several processes, and how FLOPs are counted: `docs/adapters.md`.
     """
-    tracker = Tracker(
-        region=region,
-        intensity=intensity,
-        net_intensity=net_intensity,
-        pue=pue,
-        chip=chip,
-        num_chips=num_chips,
-        output_dir=output_dir,
-        log_every_n_steps=log_every_n_steps,
-        flops=flops,
-        meter=meter,
-        dtype=dtype,
+    session = RunSession(
+        region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, chip=chip, num_chips=num_chips,
+        output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, dtype=dtype,
     )
-    model_flops = getattr(train_step, "flops_per_batch", None)
-    if model_flops is not None:
-        model_flops = check_number("flops_per_batch", model_flops, non_negative=True)
-    return TrackedStep(train_step, tracker, model_flops=model_flops)
+    return TrackedStep(train_step, session)
 
 
 __all__ = ["BASE_KEYS", "StepCounters", "StepFlops", "TrackedStep", "track"]

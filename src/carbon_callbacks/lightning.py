@@ -1,23 +1,18 @@
 """The Lightning adapter: `CarbonCallback` logs energy, CO2e, FLOPs and MFU next to the loss.
 
 Works with `pytorch_lightning` 2.x, or with the `lightning.pytorch` namespace when only that is installed. The
-callback only translates Lightning hooks into calls on `carbon_callbacks._run.session.Tracker`; what is measured and
-how it is summed is the same in every adapter.
+callback only maps Lightning's hooks onto `carbon_callbacks._run.session.RunSession`, which does what every
+adapter does; here are only Lightning's hooks, its batches, its step tracing, its collective and its logger.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Mapping
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from carbon_callbacks._run.accountant import REDUCED_FIELDS
-from carbon_callbacks._errors import check_count
-from carbon_callbacks._reports.report import format_report
-from carbon_callbacks._run.session import Tracker
+from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.step_flops import token_shape
 
 try:
     import pytorch_lightning as pl
@@ -33,11 +28,10 @@ import torch
 
 __all__ = ["CarbonCallback"]
 
-log = logging.getLogger(__name__)
-
 #: Subfolder of the Trainer's log directory that holds `run.json` and `steps.jsonl` when no `output_dir` is given.
 RUN_SUBDIR = "carbon"
-#: Interval used when the Trainer writes no logs (`log_every_n_steps=0`) and none was given.
+#: Interval used when the Trainer writes no logs (`log_every_n_steps=0`) and none was given: the Trainer's own
+#: default, https://lightning.ai/docs/pytorch/stable/common/trainer.html#log-every-n-steps .
 _FALLBACK_INTERVAL = 50
 
 
@@ -54,23 +48,20 @@ def _batch_key(batch: Any, depth: int = 0) -> tuple:
     return (type(batch).__name__,)
 
 
-def _first_token_shape(batch: Any) -> tuple[int, int] | None:
-    """(batch, sequence) of the first 2-D integer tensor in the batch: a language model's token ids."""
+def _tensor_leaves(batch: Any, depth: int = 0):
+    """(shape, is_integer) of every tensor in the batch, in order."""
     if isinstance(batch, torch.Tensor):
-        if batch.ndim == 2 and not batch.is_floating_point() and not batch.is_complex():
-            return int(batch.shape[0]), int(batch.shape[1])
-        return None
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
-    for value in values:
-        if (shape := _first_token_shape(value)) is not None:
-            return shape
-    return None
+        yield tuple(batch.shape), not (batch.is_floating_point() or batch.is_complex())
+    elif depth <= 6:
+        values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+        for value in values:
+            yield from _tensor_leaves(value, depth + 1)
 
 
 class CarbonCallback(pl.Callback):
     """Logs `carbon/*` metrics (energy, gross and net CO2e, FLOPs, step time, MFU) through the Trainer's loggers.
 
-    The metrics are logged with `pl_module.log` on the steps the Trainer writes logs (its `log_every_n_steps`),
+    The metrics are logged with one `pl_module.log_dict` call on the steps the Trainer writes logs (its `log_every_n_steps`),
     so they land in the same logger rows as the user's `train_loss`. Between those steps the callback only adds
     a few numbers in memory. At the end of `fit`, global rank 0 prints the report (the rows of the paper's
     Table 4 this run can fill) and writes `run.json` and `steps.jsonl`.
@@ -87,10 +78,11 @@ class CarbonCallback(pl.Callback):
         log_every_n_steps: steps per logging interval. Defaults to `None`: the Trainer's `log_every_n_steps`.
         flops: model FLOPs of one training step (one batch, forward and backward), overriding counting.
             Defaults to `None`: a `flops_per_batch` attribute of the module if it has one, else counted once
-            per distinct batch shape with `carbon_callbacks.flops.count`.
+            per distinct batch shape with `carbon_callbacks.flops.count` (hardware FLOPs), with model FLOPs
+            from the analytic count when `module.config` or `module.model.config` is a `TransformerConfig`.
         prog_bar: also show the metrics in the progress bar. Defaults to `False`.
-        meter: a `carbon_callbacks.meters.Meter`. Defaults to `None`: the best this machine offers, one device
-            per rank.
+        meter: a `carbon_callbacks.meters.Meter`, which stays the caller's to close. Defaults to `None`: the best
+            this machine offers, one device per rank, made for each `fit` and closed at its end.
         dtype: the dtype whose dense peak FLOP/s defines MFU. Defaults to `"bf16"`.
 
     Raises:
@@ -103,17 +95,7 @@ class CarbonCallback(pl.Callback):
         >>> trainer = pl.Trainer(max_steps=100, callbacks=[CarbonCallback(region="us-central1", chip="a100")])
 
     Notes:
-        - A step is one training batch (`on_train_batch_end`); with gradient accumulation, intervals close
-          only on batches that step the optimizer. Interval time is wall-clock, so validation run inside
-          `fit` counts toward energy and step time.
-        - FLOP counting runs the module's `training_step` and its backward once per new batch shape, with
-          logging muted and the RNG state, buffers and gradients restored; modules with manual optimization
-          are not counted (pass `flops=` or define `flops_per_batch`).
-        - Under DDP every rank meters its own device (CUDA: only its `root_device`; CPU: its own process, or
-          the RAPL package counter read by local rank 0 only) and the totals are summed with the strategy's
-          collective on every log step and at the end; rank 0 alone writes files and prints.
-        - The callback never raises into the training loop: a failure inside it warns once and training
-          goes on. An interrupted or failed fit leaves `run.json` with status `interrupted` or `failed`.
+        How Lightning's hooks, accumulation, DDP and failures map onto the run: `docs/adapters.md`.
     """
 
     def __init__(
@@ -133,83 +115,96 @@ class CarbonCallback(pl.Callback):
         dtype: str = "bf16",
     ) -> None:
         super().__init__()
-        self.tracker = Tracker(
-            region=region,
-            intensity=intensity,
-            net_intensity=net_intensity,
-            pue=pue,
-            chip=chip,
-            num_chips=num_chips,
-            output_dir=output_dir,
-            flops=flops,
-            meter=meter,
-            dtype=dtype,
-        )
-        self.log_every_n_steps = (
-            check_count("log_every_n_steps", log_every_n_steps) if log_every_n_steps is not None else None
+        self.session = RunSession(
+            region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, chip=chip, num_chips=num_chips,
+            output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, dtype=dtype,
         )
         self.prog_bar = bool(prog_bar)
-        self.summary: dict | None = None
-        self._user_meter = meter
-        self._pending_state: dict | None = None
-        self._final_state: dict | None = None
-        self._running = False
-        self._warned: set[str] = set()
-        self._reset_run_state()
+        self._trainer = None
+        self._flops = None
+        self._device_sync = None
+
+    @property
+    def summary(self) -> dict | None:
+        """The last finished run's `run.json` content (`None` before the first run ends)."""
+        return self.session.summary_at_finish
 
     # ------------------------------------------------------------------------------------------- hooks
+    @guarded
     def on_train_start(self, trainer, pl_module) -> None:
-        try:
-            self._start(trainer, pl_module)
-        except Exception as err:  # never into the loop
-            self._running = False
-            self._warn_once("start", f"carbon-callbacks could not start ({type(err).__name__}: {err}); "
-                            "this run is not tracked. Training continues.")
+        self._trainer = trainer
+        root = trainer.strategy.root_device
+        self._device_sync = torch.cuda.synchronize if root.type == "cuda" else None
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank calls it
+        total_steps = trainer.estimated_stepping_batches
+        self.session.start(
+            model=pl_module,
+            traceable=pl_module.automatic_optimization,
+            untraceable_reason="FLOPs of modules with manual optimization are not counted (counting would run an "
+            "optimizer step);",
+            output_dir=Path(log_dir if log_dir is not None else trainer.default_root_dir) / RUN_SUBDIR,
+            log_every_n_steps=trainer.log_every_n_steps or _FALLBACK_INTERVAL,
+            world_size=int(trainer.world_size),
+            rank=int(trainer.global_rank),
+            info={
+                "framework": f"{pl.__name__} {pl.__version__}",
+                "model": type(pl_module).__name__,
+                "params_total": sum(p.numel() for p in pl_module.parameters()),
+                "params_source": "counted: module parameters",
+            },
+            total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
+            meter_factory=lambda: _build_meter(self.session.chip, root, trainer),
+        )
 
+    @guarded
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self._running or self._flops_source != "counted":
+        if not self.session.running:
             return
-        try:
-            key = _batch_key(batch)
-            if key not in self._flops_cache:
-                self._flops_cache[key] = self._count_flops(trainer, pl_module, batch, batch_idx)
-                shape = _first_token_shape(batch)
-                self._tokens_cache[key] = float(shape[0] * shape[1]) if shape is not None else None
-            self._current_flops = self._flops_cache[key]
-            self._current_tokens = self._tokens_cache[key]
-        except Exception as err:
-            self._current_flops = (None, None)
-            self._warn_once("count", f"carbon-callbacks could not count this batch's FLOPs "
-                            f"({type(err).__name__}: {err}); pass flops= or define `flops_per_batch`.")
+        self._flops = self.session.step_flops(
+            lambda: _batch_key(batch),
+            lambda: _count_step(pl_module, batch, batch_idx),
+            lambda: token_shape(_tensor_leaves(batch)),
+        )
 
+    @guarded
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._running:
+        session = self.session
+        if not session.running:
             return
-        try:
-            self._batch_end(trainer, pl_module, outputs)
-        except Exception as err:
-            self._warn_once("batch", f"carbon-callbacks failed at a batch end ({type(err).__name__}: {err}); "
-                            "training continues.")
+        loop = trainer.fit_loop.epoch_loop
+        accumulating = loop._should_accumulate() if hasattr(loop, "_should_accumulate") else False
+        stepped = getattr(loop, "_batches_that_stepped", trainer.global_step)
+        close = not accumulating and (stepped + 1) % session.interval == 0
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        closed = session.step_end(
+            flops=self._flops,
+            loss=loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None,
+            step=int(stepped) + 1,
+            sync=self._device_sync,
+            close=close,
+        )
+        if not closed:
+            return
+        if session.world_size > 1:
+            session.sync(self._reduce_sum)
+        if trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
+            return
+        # One call for all values; float64, as Lightning would store a Python float as float32 and round
+        # kg-scale sums to 7 digits.
+        values = {k: torch.tensor(v, dtype=torch.float64, device=pl_module.device)
+                  for k, v in session.last_metrics.items()}
+        pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=self.prog_bar, logger=True,
+                           batch_size=1, sync_dist=False)
 
+    @guarded
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self._running:
-            return
-        try:
-            self._finish(trainer, "finished", collective=trainer.world_size > 1)
-        except Exception as err:
-            self._warn_once("end", f"carbon-callbacks failed at the end of training ({type(err).__name__}: "
-                            f"{err}).")
+        collective = self._reduce_sum if trainer.world_size > 1 else None
+        self.session.finish(sync=self._device_sync, reduce_sum=collective)
 
+    @guarded
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not self._running:
-            return
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        try:
-            # Other ranks may be gone: no collective here. Rank 0's last global totals plus its own work since.
-            self._finish(trainer, status, collective=False)
-        except Exception as err:
-            self._warn_once("exception", f"carbon-callbacks could not close the run after "
-                            f"{type(exception).__name__} ({type(err).__name__}: {err}).")
+        # Other ranks may be gone: no collective here. Rank 0's last global totals plus its own work since.
+        self.session.finish(status_for(exception), sync=self._device_sync)
 
     # ------------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -218,194 +213,29 @@ class CarbonCallback(pl.Callback):
         Under DDP the additive totals are summed over ranks and stored as an equal share per rank, so a resume
         with the same world size continues the global totals exactly. Lightning calls this on every rank.
         """
-        if not self._running:
-            return dict(self._pending_state or self._final_state or {})
-        try:
-            state = self.tracker.state_dict()
-            if self._world_size > 1 and self._trainer is not None:
-                self._sync(self._trainer)
-            return self._with_global_shares(state)
-        except Exception as err:
-            self._warn_once("state", f"carbon-callbacks could not save its state ({type(err).__name__}: {err}); "
-                            "a resume from this checkpoint starts the totals at zero.")
-            return {}
+        state = self._state_dict()
+        return {} if state is None else state
+
+    @guarded
+    def _state_dict(self) -> dict[str, Any]:
+        return self.session.state_dict(reduce_sum=self._reduce_sum)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continues the totals of `state_dict()` in the next `fit` (Lightning calls this when restoring)."""
-        self._pending_state = dict(state_dict) if state_dict else None
-        self._final_state = None
+        self.session.load_state_dict(state_dict)
 
-    def _with_global_shares(self, state: dict) -> dict:
-        """`state` with each additive total replaced by its equal share of the last global (summed) totals."""
-        if self._world_size == 1 or self._global_totals is None:
-            return state
-        named = dict(zip(REDUCED_FIELDS, (v / self._world_size for v in self._global_totals)))
-        state["energy_j"] = {k[len("energy_j_"):]: v for k, v in named.items() if k.startswith("energy_j_")}
-        for key in ("model_flops", "hardware_flops", "tokens"):
-            if state.get(key) is not None:
-                state[key] = named[key]
-        return state
-
-    # ------------------------------------------------------------------------------------------- internals
-    def _reset_run_state(self) -> None:
-        self._trainer = None
-        self._world_size = 1
-        self._interval = _FALLBACK_INTERVAL
-        self._flops_source: str | None = None
-        self._flops_cache: dict[tuple, tuple[float | None, float | None]] = {}
-        self._current_flops: tuple[float | None, float | None] = (None, None)
-        self._tokens_cache: dict[tuple, float | None] = {}
-        self._current_tokens: float | None = None
-        self._module_flops: float | None = None
-        self._device_sync = None
-        self._synced_local: list[float] | None = None
-        self._global_totals: list[float] | None = None
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-        log.debug("carbon-callbacks: %s", message)
-
-    def _start(self, trainer, pl_module) -> None:
-        self._reset_run_state()
-        self._trainer = trainer
-        self._world_size = int(trainer.world_size)
-        self._interval = self.log_every_n_steps or trainer.log_every_n_steps or _FALLBACK_INTERVAL
-        root = trainer.strategy.root_device
-        self._device_sync = torch.cuda.synchronize if root.type == "cuda" else None
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank calls it
-        default_dir = Path(log_dir if log_dir is not None else trainer.default_root_dir) / RUN_SUBDIR
-        if self._user_meter is None:
-            self.tracker.meter = _build_meter(self.tracker.chip, root, trainer)
-        if self.tracker.flops is not None:
-            self._flops_source = "given"
-        elif hasattr(pl_module, "flops_per_batch"):
-            self._flops_source = "module"
-        elif not pl_module.automatic_optimization:
-            self._flops_source = None
-            self._warn_once("manual", "carbon-callbacks does not count FLOPs of modules with manual optimization "
-                            "(counting would run an optimizer step); pass flops= or define `flops_per_batch`.")
-        else:
-            self._flops_source = "counted"
-        info = {
-            "framework": f"{pl.__name__} {pl.__version__}",
-            "model": type(pl_module).__name__,
-            "params_total": sum(p.numel() for p in pl_module.parameters()),
-            "params_source": "counted: module parameters",
-        }
-        if self._flops_source == "module":
-            info["flops_method"] = "given: module flops_per_batch"
-        # A huge tracker interval: intervals close on the Trainer's log steps, decided here.
-        total_steps = trainer.estimated_stepping_batches
-        self.tracker.start(
-            output_dir=default_dir,
-            log_every_n_steps=2**62,
-            world_size=self._world_size,
-            rank=int(trainer.global_rank),
-            info=info,
-            total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
-        )
-        if self._pending_state:
-            self.tracker.load_state_dict(self._pending_state)
-        self._pending_state = self._final_state = None
-        self.summary = None
-        self._running = True
-
-    def _batch_end(self, trainer, pl_module, outputs) -> None:
-        loop = trainer.fit_loop.epoch_loop
-        accumulating = loop._should_accumulate() if hasattr(loop, "_should_accumulate") else False
-        stepped = getattr(loop, "_batches_that_stepped", trainer.global_step)
-        close = not accumulating and (stepped + 1) % self._interval == 0
-        if self._flops_source == "module":
-            model_flops = hardware_flops = float(pl_module.flops_per_batch)
-        else:
-            model_flops, hardware_flops = self._current_flops
-        loss = _loss_value(outputs) if close else None  # .item() syncs the device: only when logging
-        self.tracker.step_end(
-            model_flops=model_flops,
-            hardware_flops=hardware_flops,
-            tokens=self._current_tokens,
-            loss=loss,
-            step=int(stepped) + 1,
-        )
-        if not close:
-            return
-        self.tracker.close_interval(sync=self._device_sync)
-        if self._world_size > 1:
-            self._sync(trainer)
-        if trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
-            return
-        device = pl_module.device
-        for name, value in self.tracker.metrics().items():
-            # float64: Lightning would store a Python float as float32 and round kg-scale sums to 7 digits.
-            value = torch.tensor(value, dtype=torch.float64, device=device)
-            pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar, logger=True,
-                          batch_size=1, sync_dist=False)
-
-    def _sync(self, trainer) -> None:
+    def _reduce_sum(self, values):
         """Sums the ranks' totals with the strategy's own collective (every rank must call this)."""
-        strategy = trainer.strategy
+        strategy = self._trainer.strategy
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=strategy.root_device)
+        return strategy.reduce(tensor, reduce_op="sum").tolist()
 
-        def reduce_sum(values):
-            local = list(values)
-            tensor = torch.tensor(local, dtype=torch.float64, device=strategy.root_device)
-            summed = strategy.reduce(tensor, reduce_op="sum").tolist()
-            self._synced_local, self._global_totals = local, summed
-            return summed
 
-        self.tracker.sync(reduce_sum, self._world_size)
+def _count_step(module, batch, batch_idx):
+    """FLOPs of one training step on this batch, traced with no lasting effect (see `_StepRunner`)."""
+    from carbon_callbacks.flops import count
 
-    def _finish(self, trainer, status: str, collective: bool) -> None:
-        self._running = False
-        tracker = self.tracker
-        try:
-            if self._world_size > 1:
-                tracker.close_interval(sync=self._device_sync)
-                if collective:
-                    self._sync(trainer)
-                elif self._global_totals is not None:
-                    # Last global totals plus this rank's work since: the best rank 0 knows alone.
-                    now = tracker.accountant.local_totals()
-                    estimate = [g + n - s for g, n, s in zip(self._global_totals, now, self._synced_local)]
-                    tracker.accountant.set_global_totals(dict(zip(REDUCED_FIELDS, estimate)), self._world_size)
-                    self._global_totals, self._synced_local = estimate, now
-            self.summary = tracker.finish(status, sync=self._device_sync)
-            self._final_state = self._with_global_shares(tracker.accountant.state_dict())
-        finally:
-            tracker.close_meter()
-            if self._user_meter is None:
-                tracker.meter = None
-        if trainer.is_global_zero and self.summary is not None:
-            where = tracker.run_dir
-            print(format_report(self.summary) + (f"\nrun files: {where}" if where is not None else ""), flush=True)
-
-    # ------------------------------------------------------------------------------------------- FLOPs
-    def _count_flops(self, trainer, pl_module, batch, batch_idx) -> tuple[float | None, float | None]:
-        """(model, hardware) FLOPs of one training step on this batch's shape, counted once by tracing."""
-        from carbon_callbacks.flops import count
-
-        traced = count(_StepRunner(pl_module, batch, batch_idx), framework="torch")
-        hardware = float(traced.total)
-        model = hardware
-        note = {"flops_method": traced.method}
-        analytic = _analytic_flops(pl_module, batch)
-        if analytic is not None:
-            note.update(
-                params_total=analytic.params_total,
-                percent_active=analytic.percent_active,
-                params_source="analytic: model config",
-                flops_by_layer_kind={"model": analytic.breakdown, "hardware": analytic.hardware_breakdown},
-            )
-            if analytic.model_flops != analytic.hardware_flops:
-                # MoE: the trace sees what ran (padding, dispatch); model FLOPs count activated experts only.
-                model = float(analytic.model_flops)
-                note["flops_method"] = f"model: analytic (activated experts); hardware: {traced.method}"
-        for message in traced.warnings:
-            self._warn_once(f"flops:{message}", f"carbon-callbacks FLOP count: {message}")
-        self.tracker.accountant.annotate(**note)
-        log.info("carbon-callbacks: %s model FLOPs, %s hardware FLOPs per step (%s)", model, hardware, note)
-        return model, hardware
+    return count(_StepRunner(module, batch, batch_idx), framework="torch")
 
 
 class _StepRunner:
@@ -447,29 +277,6 @@ class _StepRunner:
                 for name, b in module.named_buffers():
                     if name in buffers:
                         b.copy_(buffers[name])
-
-
-def _analytic_flops(pl_module, batch):
-    """The exact analytic count when the module (or its `.model`) carries a transformer config, else `None`."""
-    from carbon_callbacks.flops import transformer_flops
-
-    config = getattr(pl_module, "config", None)
-    if config is None:
-        config = getattr(getattr(pl_module, "model", None), "config", None)
-    if config is None or not all(hasattr(config, f) for f in ("num_layers", "d_model", "vocab_size")):
-        return None
-    shape = _first_token_shape(batch)
-    names = {f.name for f in fields(config)} if hasattr(config, "__dataclass_fields__") else set()
-    if shape is not None and {"batch_size", "seq_len"} <= names:
-        config = replace(config, batch_size=shape[0], seq_len=shape[1])
-    return transformer_flops(config)
-
-
-def _loss_value(outputs) -> float | None:
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-        return float(loss.detach())
-    return None
 
 
 def _build_meter(chip, root, trainer):

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from carbon_callbacks._errors import InvalidInputError
+
 RUN_FILE = "run.json"
 STEPS_FILE = "steps.jsonl"
 #: Parent of the Keras and Flax adapters' default run directories (Lightning uses the Trainer's log dir).
@@ -44,14 +46,40 @@ def append_steps(path: Path, records: list[dict]) -> None:
         handle.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
 
 
+def _json_kind(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words ("an array", "a number", ...), for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def read_run(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
     """Reads a run directory: its summary (`None` if `run.json` is missing) and its step records.
 
-    A last line cut short by a crash is skipped; any other unreadable line raises `ValueError` naming it.
+    A last line cut short by a crash is skipped.
+
+    Raises:
+        InvalidInputError: (a `ValueError`) naming the file, when `run.json` is not a JSON object or a line of
+            `steps.jsonl` other than a cut-short last one is not.
     """
     run_dir = Path(run_dir)
     summary_path = run_dir / RUN_FILE
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
+    summary = None
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InvalidInputError(f"{summary_path}: not valid JSON ({err}).") from None
+        if not isinstance(summary, dict):
+            raise InvalidInputError(
+                f"{summary_path}: expected a JSON object (the run summary), got {_json_kind(summary)}."
+            )
     records: list[dict] = []
     steps_path = run_dir / STEPS_FILE
     if steps_path.exists():
@@ -60,9 +88,14 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 if number == len(lines):
                     break  # cut short by a crash mid-write
-                raise ValueError(f"{steps_path}: line {number} is not valid JSON.") from None
+                raise InvalidInputError(f"{steps_path}: line {number} is not valid JSON.") from None
+            if not isinstance(record, dict):
+                raise InvalidInputError(
+                    f"{steps_path}: line {number} is not a JSON object (a step record), got {_json_kind(record)}."
+                )
+            records.append(record)
     return summary, records

@@ -1,6 +1,7 @@
 """Energy meters: one interface (`begin_window` / `end_window` -> `Measurement`) over NVML, RAPL and models.
 
-`create_meter()` picks what the machine offers. Nothing here imports `pynvml` until an NVML meter is built.
+`create_meter()` picks what the machine offers; `ReplayMeter` replays given energy for tests without hardware.
+Nothing here imports `pynvml` until an NVML meter is built.
 """
 
 from carbon_callbacks.meters._base import CounterMeter
@@ -19,6 +20,7 @@ from carbon_callbacks.meters.modeled import ModeledCpuMeter
 from carbon_callbacks.meters.modeled import cpu_info
 from carbon_callbacks.meters.nvml import NvmlMeter
 from carbon_callbacks.meters.rapl import RaplMeter
+from carbon_callbacks.meters.replay import ReplayMeter
 
 __all__ = [
     "DRAM_W_PER_GB",
@@ -34,6 +36,7 @@ __all__ = [
     "ModeledCpuMeter",
     "NvmlMeter",
     "RaplMeter",
+    "ReplayMeter",
     "SensorUnavailableError",
     "cpu_info",
     "create_meter",

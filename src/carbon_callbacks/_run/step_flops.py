@@ -1,0 +1,207 @@
+"""Where a training step's FLOPs and tokens come from, decided once per run and counted once per batch shape.
+
+The order is the same in every adapter: `flops=` given by the user > a `flops_per_batch` attribute of the model >
+the analytic count of a model config we know (model FLOPs: activated experts only) with the trace for hardware
+FLOPs > the trace alone. Counting happens once per distinct batch shape; every later step is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, NamedTuple
+
+from carbon_callbacks._errors import InvalidInputError, check_number
+
+log = logging.getLogger(__name__)
+
+#: Attribute paths, from the object an adapter trains, where a model config may sit (Lightning `module.config`
+#: or `module.model.config`, a Keras model's `config`, a Flax `TrainState.apply_fn`'s module, an NNX bridge).
+_CONFIG_PATHS = (("config",), ("model", "config"), ("module", "config"), ("apply_fn", "__self__", "config"))
+
+
+class StepFlops(NamedTuple):
+    """FLOPs and tokens of one training step for one batch shape (`None`: not known).
+
+    Attributes:
+        model_flops: FLOPs the model needs (activated experts only, no padding).
+        hardware_flops: FLOPs that ran (padding, dispatch, recompute).
+        method: how they were obtained, as stored in `run.json`'s `info["flops_method"]`.
+        tokens: tokens in the batch (batch x sequence of the token ids), when the batch has token ids.
+    """
+
+    model_flops: float | None
+    hardware_flops: float | None
+    method: str | None
+    tokens: float | None = None
+
+    def times(self, factor: float) -> StepFlops:
+        """These figures for `factor` steps (or replicas) of the same shape."""
+        return StepFlops(*(None if v is None else v * factor for v in (self.model_flops, self.hardware_flops)),
+                         self.method, None if self.tokens is None else self.tokens * factor)
+
+
+def add_step_flops(items: Iterable[StepFlops | None]) -> StepFlops | None:
+    """The sum of several steps' figures; a figure is `None` when any step lacks it (`None` for no steps)."""
+    items = list(items)
+    if not items or any(item is None for item in items):
+        return None
+
+    def total(values):
+        values = list(values)
+        return None if any(v is None for v in values) else float(sum(values))
+
+    return StepFlops(total(i.model_flops for i in items), total(i.hardware_flops for i in items), items[-1].method,
+                     total(i.tokens for i in items))
+
+
+def token_shape(leaves: Iterable[tuple[tuple[int, ...], bool]]) -> tuple[int, int] | None:
+    """(batch, sequence) of the first 2-D integer array among `(shape, is_integer)` leaves: a language model's ids."""
+    for shape, is_integer in leaves:
+        if is_integer and len(shape) == 2:
+            return int(shape[0]), int(shape[1])
+    return None
+
+
+def find_model_config(*candidates: Any):
+    """The `TransformerConfig` that one of `candidates` carries (see `_CONFIG_PATHS`), or `None`."""
+    from carbon_callbacks.flops.analytic import TransformerConfig
+
+    for candidate in candidates:
+        for path in _CONFIG_PATHS:
+            value = candidate
+            for name in path:
+                value = getattr(value, name, None)
+                if value is None:
+                    break
+            if isinstance(value, TransformerConfig):
+                return value
+    return None
+
+
+class StepFlopsSource:
+    """Decides where a run's FLOPs come from and counts each batch shape once.
+
+    Args:
+        given: `flops=` of the adapter, per training step. Defaults to `None`.
+        warn_once: `(key, message)` callable that warns once per run.
+        annotate: `(**info)` callable that stores run facts in `run.json`'s `info`.
+    """
+
+    def __init__(self, given: float | None, warn_once: Callable[[str, str], None], annotate: Callable[..., None]):
+        self.given = given
+        self._warn_once = warn_once
+        self._annotate = annotate
+        self._cache: dict[Hashable, StepFlops | None] = {}
+        self.fixed: float | None = None
+        self.method: str | None = None
+        self.config = None
+        self.traceable = True
+
+    def reset(self, model: Any = None, *, traceable: bool = True, untraceable_reason: str = "") -> None:
+        """Chooses the source for a new run of `model` (the object the framework trains)."""
+        self._cache = {}
+        self.config = None
+        attribute = getattr(model, "flops_per_batch", None) if model is not None else None
+        if self.given is not None:
+            self.fixed = self.given
+            self.method = "given"
+        elif attribute is not None and self._usable(attribute):
+            self.fixed = float(attribute)
+            owner = getattr(model, "__qualname__", None) or type(model).__name__
+            self.method = f"given: {owner}.flops_per_batch"
+        else:
+            self.fixed, self.method = None, None
+            self.config = find_model_config(model) if model is not None else None
+        self.traceable = traceable
+        if self.fixed is None and not traceable and self.config is None:
+            self._warn_once("flops-untraceable", f"carbon-callbacks: {untraceable_reason} carbon/flops and MFU are "
+                            "not reported; pass flops= or define `flops_per_batch`.")
+        if self.method is not None:
+            self._annotate(flops_method=self.method)
+
+    def _usable(self, attribute: Any) -> bool:
+        """Whether a `flops_per_batch` attribute is a usable number; if not, warns once and the FLOPs are counted."""
+        try:
+            check_number("flops_per_batch", attribute, non_negative=True)
+        except InvalidInputError as err:
+            self._warn_once("flops_per_batch", f"carbon-callbacks: {err} It is ignored and the FLOPs are counted.")
+            return False
+        return True
+
+    def use_config(self, config) -> None:
+        """Takes the model config found by the adapter (e.g. in a Flax step's arguments), unless flops are given."""
+        if self.fixed is None and self.config is None and config is not None:
+            self.config = config
+
+    def for_batch(
+        self,
+        key: Hashable,
+        trace: Callable[[], Any] | None,
+        tokens: Callable[[], tuple[int, int] | None],
+    ) -> StepFlops | None:
+        """The figures of one step on a batch with shape `key`: a lookup, or a count the first time.
+
+        Args:
+            key: a hashable description of the batch's shapes and dtypes.
+            trace: returns a `carbon_callbacks.flops.FlopCount` of one step on this batch (only called once per
+                key, and only when the FLOPs are not given); `None` when the step cannot be traced.
+            tokens: returns the batch's `(batch, sequence)` of token ids, or `None`.
+        """
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        self._cache[key] = None  # a failed count is not retried every step
+        shape = tokens()
+        n_tokens = float(shape[0] * shape[1]) if shape is not None else None
+        if self.fixed is not None:
+            result = StepFlops(self.fixed, self.fixed, self.method, n_tokens)
+        else:
+            result = self._count(trace, shape, n_tokens)
+        self._cache[key] = result
+        return result
+
+    def _count(self, trace, shape, n_tokens) -> StepFlops | None:
+        analytic = self._analytic(shape)
+        traced = None
+        if trace is not None and self.traceable:
+            try:
+                traced = trace()
+            except Exception as err:
+                self._warn_once("flops-trace", f"carbon-callbacks: counting a training step's FLOPs failed "
+                                f"({type(err).__name__}: {err}); pass flops= or define `flops_per_batch`.")
+        if traced is not None:
+            for message in traced.warnings:
+                self._warn_once(f"flops:{message}", f"carbon-callbacks FLOP count: {message}")
+        if analytic is None and traced is None:
+            return None
+        if analytic is None:
+            model = hardware = float(traced.total)
+            method = traced.method
+        else:
+            model = float(analytic.model_flops)
+            hardware = float(traced.total) if traced is not None else float(analytic.hardware_flops)
+            method = "model: analytic (activated experts); hardware: " + (
+                traced.method if traced is not None else "analytic")
+        self._annotate(flops_method=method)
+        log.info("carbon-callbacks: %s model, %s hardware FLOPs per step (%s)", model, hardware, method)
+        return StepFlops(model, hardware, method, n_tokens)
+
+    def _analytic(self, shape):
+        """The exact count of the known config at this batch shape, annotated once; `None` without a config."""
+        if self.config is None or shape is None:
+            return None
+        from carbon_callbacks.flops.analytic import transformer_flops
+
+        config = dataclasses.replace(self.config, batch_size=shape[0], seq_len=shape[1])
+        analytic = transformer_flops(config)
+        self._annotate(
+            params_total=analytic.params_total,
+            params_active_per_token=analytic.params_active_per_token,
+            percent_active=analytic.percent_active,
+            params_source="analytic: model config",
+            flops_by_layer_kind={"model": analytic.breakdown, "hardware": analytic.hardware_breakdown},
+        )
+        return analytic

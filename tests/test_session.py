@@ -1,0 +1,311 @@
+"""The run session every adapter drives: intervals, FLOP sources, resume, ranks, statuses, failures, files."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import carbon_callbacks
+from carbon_callbacks import InvalidInputError, RunSession, StepFlops, TransformerConfig, read_run
+from carbon_callbacks._run.session import guarded, status_for
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.meters import ReplayMeter
+
+SITE = {"intensity": 0.5, "net_intensity": 0.2, "pue": 1.2}
+TINY = TransformerConfig(num_layers=1, d_model=16, num_heads=2, seq_len=8, batch_size=2, vocab_size=32,
+                         num_experts=4, top_k=1)
+
+
+def step_meter():
+    """Every window holds 100 J of GPU energy over 2 s, measured."""
+    return ReplayMeter(energy_j=100.0, seconds=2.0, component="gpu", method="measured:nvml")
+
+
+class UnpluggedMeter(ReplayMeter):
+    """`step_meter()`'s windows, but every window after the first `fail_after` raises, as a crashed driver would."""
+
+    def __init__(self, fail_after):
+        super().__init__(energy_j=100.0, seconds=2.0, component="gpu", method="measured:nvml")
+        self.fail_after = fail_after
+
+    def end_window(self, key):
+        measurement = super().end_window(key)
+        if self.windows_ended > self.fail_after:
+            raise OSError("sensor gone")
+        return measurement
+
+
+def make(tmp_path, **kwargs) -> RunSession:
+    return RunSession(**{**SITE, "meter": step_meter(), "output_dir": tmp_path, **kwargs})
+
+
+def flops(model=1e9, hardware=None, tokens=10.0) -> StepFlops:
+    return StepFlops(model, hardware if hardware is not None else model, "given", tokens)
+
+
+class Model:
+    """Something a framework trains: optionally a `flops_per_batch` attribute and a model config."""
+
+    def __init__(self, config=None, flops_per_batch=None):
+        if config is not None:
+            self.config = config
+        if flops_per_batch is not None:
+            self.flops_per_batch = flops_per_batch
+
+
+def test_missing_location_fails_at_construction():
+    with pytest.raises(InvalidInputError, match="never guesses a location"):
+        RunSession(meter=step_meter())
+
+
+def test_intervals_close_every_n_steps(tmp_path):
+    session = make(tmp_path, log_every_n_steps=4)
+    session.start()
+    closed = [session.step_end(flops=flops(), loss=2.0) for _ in range(10)]
+    assert closed == [False, False, False, True] * 2 + [False, False]
+    metrics = session.last_metrics
+    assert metrics["carbon/energy_kwh"] == pytest.approx(2 * 100 * 1.2 / 3.6e6)
+    assert metrics["carbon/co2e_kg"] == pytest.approx(metrics["carbon/energy_kwh"] * 0.5)
+    assert metrics["carbon/co2e_net_kg"] == pytest.approx(metrics["carbon/energy_kwh"] * 0.2)
+    assert metrics["carbon/flops"] == 1e9
+    assert metrics["carbon/step_time_s"] == pytest.approx(0.5)
+    summary = session.finish()
+    assert summary["steps"] == 10 and summary["tokens"] == 100
+    assert summary["it_energy_kwh"] == pytest.approx(3 * 100 / 3.6e6)  # the partial third interval counts
+    _, records = read_run(tmp_path)
+    assert [r["num_steps"] for r in records] == [4, 4, 2]
+
+
+def test_the_adapter_decides_the_logging_steps(tmp_path):
+    session = make(tmp_path, log_every_n_steps=100)
+    session.start()
+    closed = [session.step_end(close=i in (1, 4)) for i in range(6)]
+    assert closed == [False, True, False, False, True, False]
+
+
+def test_flop_sources_in_order_given_attribute_analytic_trace(tmp_path):
+    trace_calls = []
+
+    def trace():
+        trace_calls.append(1)
+        return carbon_callbacks.FlopCount(total=7_000, executed=7_000, method="traced:fake", framework="x",
+                                          includes_backward=True)
+
+    def first_step(session, model):
+        session.start(model=model)
+        return session.step_flops(lambda: ("shape",), trace, lambda: (2, 8))
+
+    given = first_step(make(tmp_path / "a", flops=5e9), Model(TINY, flops_per_batch=3.0))
+    assert (given.model_flops, given.method, given.tokens) == (5e9, "given", 16.0) and not trace_calls
+    attribute = first_step(make(tmp_path / "b"), Model(TINY, flops_per_batch=3.0))
+    assert (attribute.model_flops, attribute.method) == (3.0, "given: Model.flops_per_batch") and not trace_calls
+    analytic = transformer_flops(TINY)
+    session = make(tmp_path / "c")
+    counted = first_step(session, Model(TINY))
+    assert counted.model_flops == analytic.model_flops and counted.hardware_flops == 7_000
+    assert session.accountant.info["percent_active"] == pytest.approx(analytic.percent_active)
+    assert session.accountant.info["flops_by_layer_kind"]["model"] == analytic.breakdown
+    traced = first_step(make(tmp_path / "d"), Model())
+    assert (traced.model_flops, traced.hardware_flops, traced.method) == (7_000, 7_000, "traced:fake")
+    assert len(trace_calls) == 2
+
+
+def test_each_batch_shape_is_counted_once(tmp_path):
+    calls = []
+    session = make(tmp_path)
+    session.start(model=Model(TINY))
+    for seq in (8, 8, 16, 8, 16):
+        figures = session.step_flops(lambda: seq, None, lambda: calls.append(seq) or (2, seq))
+        assert figures.model_flops == transformer_flops(TINY.__class__(**{**TINY.__dict__, "seq_len": seq})).model_flops
+    assert calls == [8, 16]
+
+
+def test_a_bad_flops_per_batch_warns_once_and_counts_instead(tmp_path):
+    session = make(tmp_path)
+    with pytest.warns(RuntimeWarning, match="flops_per_batch must be a number"):
+        session.start(model=Model(TINY, flops_per_batch="lots"))
+    figures = session.step_flops(lambda: "k", None, lambda: (2, 8))
+    assert figures.model_flops == transformer_flops(TINY).model_flops
+
+
+def test_a_failing_trace_warns_once_and_is_not_retried(tmp_path):
+    calls = []
+
+    def trace():
+        calls.append(1)
+        raise RuntimeError("tracer exploded")
+
+    session = make(tmp_path)
+    session.start(model=Model())
+    with pytest.warns(RuntimeWarning, match="tracer exploded"):
+        assert session.step_flops(lambda: "k", trace, lambda: None) is None
+    assert session.step_flops(lambda: "k", trace, lambda: None) is None
+    assert calls == [1]
+
+
+def test_sensor_failure_warns_once_and_falls_back(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1, meter=UnpluggedMeter(fail_after=1), chip="v100")
+    session.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            session.step_end()
+    assert sum("energy meter failed" in str(w.message) for w in caught) == 1
+    summary = session.finish()
+    assert summary["steps"] == 3
+    assert summary["energy_methods"]["gpu"] == "modeled:tdp-fallback(v100)"
+
+
+def test_an_unwritable_output_dir_warns_once_and_keeps_the_run_in_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    meter = step_meter()
+    session = make(blocker / "run", log_every_n_steps=1, meter=meter)
+    with pytest.warns(RuntimeWarning, match="cannot write the run files") as caught:
+        session.start()
+        for _ in range(3):
+            assert session.step_end(flops=flops())
+        summary = session.finish()
+    assert len([w for w in caught if "cannot write" in str(w.message)]) == 1
+    assert session.run_dir is None and summary["steps"] == 3
+    assert summary["energy_methods"] == {"gpu": "measured:nvml"}  # the meter is untouched: no TDP fallback
+    assert session.last_metrics["carbon/energy_kwh"] == pytest.approx(3 * 100 * 1.2 / 3.6e6)
+
+
+def test_state_dict_resume_continues(tmp_path):
+    first = make(tmp_path / "a", log_every_n_steps=2)
+    first.start()
+    for _ in range(4):
+        first.step_end(flops=flops(1.0))
+    state = first.state_dict()
+    resumed = make(tmp_path / "b", log_every_n_steps=2)
+    resumed.load_state_dict(state)
+    resumed.start()
+    for _ in range(4):
+        resumed.step_end(flops=flops(1.0))
+    summary = resumed.finish()
+    assert summary["steps"] == 8
+    assert summary["total_model_flops"] == 8.0
+    assert summary["it_energy_kwh"] == pytest.approx(4 * 100 / 3.6e6)
+
+
+def test_resume_state_under_ranks_holds_an_equal_share_of_the_global_totals(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1)
+    session.start(world_size=2)
+    session.step_end(flops=flops(3.0))
+    state = session.state_dict(reduce_sum=lambda values: [v + 2 * v for v in values])  # the other rank did 2x
+    assert state["model_flops"] == pytest.approx(4.5) and state["energy_j"]["gpu"] == pytest.approx(150.0)
+
+
+def test_sync_uses_the_given_collective(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1)
+    session.start(world_size=2)
+    session.step_end(flops=flops(3.0))
+    session.sync(lambda values: [2 * v for v in values])
+    summary = session.finish(reduce_sum=lambda values: [2 * v for v in values])
+    assert summary["world_size"] == 2 and summary["num_chips"] == 2
+    assert summary["total_model_flops"] == 6.0
+    assert summary["it_energy_kwh"] == pytest.approx(200 / 3.6e6)
+
+
+def test_finish_without_a_collective_adds_this_ranks_work_to_the_last_global_totals(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1)
+    session.start(world_size=2)
+    session.step_end(flops=flops(3.0))
+    session.sync(lambda values: [2 * v for v in values])  # both ranks: 6 FLOPs
+    session.step_end(flops=flops(1.0))
+    summary = session.finish("failed")  # the other rank may be gone
+    assert summary["status"] == "failed" and summary["total_model_flops"] == 7.0
+
+
+def test_non_zero_rank_writes_nothing(tmp_path, capsys):
+    session = make(tmp_path / "run", log_every_n_steps=1)
+    session.start(rank=1, world_size=2)
+    session.step_end()
+    session.finish()
+    assert not (tmp_path / "run").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_the_report_is_printed_once_by_rank_0(tmp_path, capsys):
+    session = make(tmp_path, log_every_n_steps=1)
+    session.start()
+    session.step_end()
+    session.finish()
+    assert session.finish() is None  # a second finish has no run to close
+    assert capsys.readouterr().out.count("carbon-callbacks: 1 steps, status finished") == 1
+
+
+def test_state_loaded_after_a_finished_run_applies_to_the_next(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1)
+    session.start()
+    session.step_end()
+    state = session.state_dict()
+    session.finish()
+    session.load_state_dict(state)  # e.g. a reused callback restored from a checkpoint before its next fit
+    session.start()
+    session.step_end()
+    assert session.finish()["steps"] == 2
+
+
+def test_summary_mid_run_covers_every_completed_step(tmp_path):
+    session = make(tmp_path, log_every_n_steps=10)
+    session.start()
+    for _ in range(3):
+        session.step_end(flops=flops())
+    assert session.summary()["steps"] == 3 and session.running
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"),
+    [(None, "finished"), (KeyboardInterrupt(), "interrupted"), (RuntimeError("x"), "failed"),
+     (ValueError("nan"), "failed")],
+)
+def test_status_for_an_ending(exception, status):
+    assert status_for(exception) == status
+
+
+def test_a_meter_the_session_made_is_closed_and_replaced_each_run(tmp_path):
+    made = []
+
+    def factory():
+        made.append(step_meter())
+        return made[-1]
+
+    session = RunSession(**SITE, output_dir=tmp_path, log_every_n_steps=1)
+    for _ in range(2):
+        session.start(meter_factory=factory)
+        session.step_end()
+        session.finish()
+    assert len(made) == 2 and all(meter.closed for meter in made) and session.meter is None
+
+
+def test_a_meter_passed_in_stays_open_for_its_owner(tmp_path):
+    meter = step_meter()
+    session = make(tmp_path, meter=meter, log_every_n_steps=1)
+    for _ in range(2):  # a second run reads the same, still open, meter
+        session.start()
+        session.step_end()
+        assert session.finish()["it_energy_kwh"] == pytest.approx(100 / 3.6e6)
+    assert not meter.closed
+
+
+def test_a_failing_hook_warns_once_and_returns_none(tmp_path):
+    class Adapter:
+        session = make(tmp_path)
+
+        @guarded
+        def on_batch_end(self):
+            raise ZeroDivisionError("oops")
+
+    adapter = Adapter()
+    with pytest.warns(RuntimeWarning, match="on_batch_end failed") as caught:
+        assert adapter.on_batch_end() is None
+        assert adapter.on_batch_end() is None
+    assert len(caught) == 1
+
+
+def test_the_old_tracker_name_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="use carbon_callbacks.RunSession"):
+        assert carbon_callbacks.Tracker is RunSession

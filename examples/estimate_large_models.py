@@ -4,10 +4,12 @@ Patterson et al. 2021 (arXiv:2104.10350), Table 4. Before a run, you know the mo
 the tokens it will see), the chips and the FLOP/s they sustain, their power, the datacenter's PUE and the grid.
 This script:
 
-1. counts GPT-3's training FLOPs exactly from its shape (Brown et al. 2020, Table 2.1: 96 layers, d_model 12288,
-   96 heads, 2048-token context, 3.2M-token batches, 300B tokens) and compares them with the paper's 3.14e23;
-2. estimates energy and gross/net tCO2e of both models from FLOPs, chips, measured TFLOP/s per chip, the chips
-   table's measured system power per chip, PUE and the datacenter's intensity, next to the paper's figures;
+1. counts GPT-3's training FLOPs exactly from its shape (the bundled `gpt3` architecture: Brown et al. 2020,
+   Table 2.1: 96 layers, d_model 12288, 96 heads, 2048-token context; 300B tokens) and compares them with the
+   paper's 3.14e23 and with 6 x N x tokens;
+2. estimates energy and gross/net tCO2e of both models from FLOPs (GPT-3: from its architecture and tokens),
+   chips, measured TFLOP/s per chip, the chips table's measured system power per chip, PUE and the datacenter's
+   intensity, next to the paper's figures, with the chips' embodied (manufacturing) share beside them;
 3. asks what-if: the same GPT-3 run in another grid and with another PUE.
 
 Run: python examples/estimate_large_models.py   (pure Python: no framework needed)
@@ -15,23 +17,17 @@ Run: python examples/estimate_large_models.py   (pure Python: no framework neede
 
 from __future__ import annotations
 
-from carbon_callbacks import estimate, get_pue
-from carbon_callbacks._reports.format import text_table
+from carbon_callbacks import architecture_flops, estimate, get_paper_model, get_pue
 from carbon_callbacks._paper.table4 import table4_inputs
-from carbon_callbacks.flops import TransformerConfig, transformer_flops
+from carbon_callbacks._reports.format import text_table
 
 TOKENS_GPT3 = 300e9  # Brown et al. 2020, Section 2.2
-GPT3 = TransformerConfig(
-    num_layers=96, d_model=12288, num_heads=96, seq_len=2048, batch_size=1536, vocab_size=50257,
-    tied_embeddings=True,
-)
 
 
 def gpt3_flops() -> tuple[float, float]:
     """(training FLOPs counted from the shape, 6 x parameters x tokens)."""
-    per_step = transformer_flops(GPT3)
-    steps = TOKENS_GPT3 / per_step.tokens_per_step
-    return per_step.model_flops * steps, 6 * per_step.params_total * TOKENS_GPT3
+    counted = architecture_flops(get_paper_model("gpt3").config, TOKENS_GPT3)
+    return counted.total_model_flops, counted.six_n_flops
 
 
 def main() -> None:
@@ -47,21 +43,28 @@ def main() -> None:
     }
     rows = []
     for model, (flops, source, chips, chip, tflops, region, pue_name) in plans.items():
-        run = estimate(chips=chips, flops=flops, tflops_achieved=tflops, chip=chip, region=region,
-                       pue=get_pue(pue_name).pue)
+        if source == "counted":  # from the architecture and its tokens
+            run = estimate(chips=chips, model="gpt3", tokens=TOKENS_GPT3, tflops_achieved=tflops, chip=chip,
+                           region=region, pue=get_pue(pue_name).pue)
+        else:
+            run = estimate(chips=chips, flops=flops, tflops_achieved=tflops, chip=chip, region=region,
+                           pue=get_pue(pue_name).pue)
         row = paper[model]
         rows.append([
             model, source, f"{flops:.3g}", chip, run.watts_per_chip, run.hours / 24,
             run.energy_kwh / 1000, float(row["energy_mwh"]),
             run.gross_tco2e, float(row["gross_tco2e"]), run.net_tco2e, float(row["net_tco2e"]),
+            run.embodied_co2e_kg / 1000 if run.embodied_co2e_kg is not None else None,
         ])
     print(text_table(
         ["model", "FLOPs from", "FLOPs", "chip", "W/chip", "days", "MWh", "paper", "gross t", "paper",
-         "net t", "paper"],
+         "net t", "paper", "embodied t"],
         rows,
     ))
     print("\nW/chip is the chips table's measured system power (paper Table 3); the paper's Table 4 used the\n"
-          "per-run measurement (GPT-3 330 W, Switch 245 W), hence the gaps in MWh.\n")
+          "per-run measurement (GPT-3 330 W, Switch 245 W), hence the gaps in MWh. 'embodied t' is the chips'\n"
+          "manufacturing share over a 6-year life (logic die only for V100 and TPU v3: LLMCarbon's figures), beside\n"
+          "the operational tonnes, not in them.\n")
 
     print("What-if: the same GPT-3 run elsewhere (energy x intensity; PUE changes the energy)")
     base = plans["GPT-3"]

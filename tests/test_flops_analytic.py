@@ -173,6 +173,11 @@ def test_invalid_configs_name_the_field():
         ("gpt/blocks_0/mlp/fc/Tensordot", "dense_ffn"),
         ("GPT.head", "embeddings_logits"),
         ("GPT.ln_f", None),
+        ("model.layers.0.mlp.gate_proj", "dense_ffn"),  # Hugging Face Llama: a SwiGLU matrix, not a router
+        ("model.layers.0.mlp.gate", "router"),  # Mixtral, Qwen2-MoE
+        ("model.layers.0.mlp.experts", "moe_experts"),
+        ("model.layers.0.mlp.shared_expert.gate_proj", "dense_ffn"),  # Qwen2-MoE: runs on every token
+        ("model.layers.0.mlp.shared_expert_gate", "router"),
     ],
 )
 def test_classify_module(path, kind):

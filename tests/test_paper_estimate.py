@@ -112,3 +112,28 @@ def test_estimate_bad_input_exit_2_without_traceback(args, match):
 def test_estimate_api_bad_input():
     with pytest.raises(InvalidInputError, match="watts .* or chip is required"):
         estimate(chips=1, hours=1, intensity=0.4)
+
+
+def test_estimate_flops_with_mfu_of_the_chip():
+    result = estimate(chips=8, flops=1e21, mfu=0.4, chip="h100", dtype="bf16", intensity=0.4)
+    assert result.hours == pytest.approx(1e21 / (8 * 0.4 * 989.5e12) / 3600)
+    assert result.flops_method == "given"
+
+
+def test_estimate_cli_bloom_embodied_beside_operational():
+    # BLOOM: 384 A100s for 118 days; its paper's 11.2 t embodied also divides by 85% utilization (ours does not).
+    result = cli("estimate", "--chips", "384", "--days", "118", "--chip", "a100-80gb", "--watts", "400",
+                 "--pue", "1.2", "--intensity", "0.057", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["embodied_co2e_kg"] / 0.85 == pytest.approx(11.2e3, rel=0.01)
+    assert out["gross_tco2e"] == pytest.approx(out["energy_kwh"] / 1000 * 0.057)  # embodied not added in
+    assert out["lifetime_years"] == 6.0
+    text = cli("estimate", "--chips", "384", "--days", "118", "--chip", "a100-80gb", "--intensity", "0.057")
+    assert "embodied: " in text.stdout and "beside, not in" in text.stdout
+
+
+def test_estimate_cli_names_a_chip_without_footprint():
+    result = cli("estimate", "--chips", "8", "--days", "1", "--chip", "h200", "--intensity", "0.4")
+    assert result.returncode == 0, result.stderr
+    assert "embodied: not estimated: unknown: no published manufacturing footprint for chip 'h200'" in result.stdout

@@ -214,3 +214,48 @@ def test_run_json_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, co
     (tmp_path / STEPS_FILE).write_text('{"step": 0}\n[1, 2]\n')
     with pytest.raises(InvalidInputError, match=r"steps\.jsonl: line 2 is not a JSON object"):
         read_report(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- embodied carbon
+EMBODIED_ROW = "embodied kg CO2e (chips' manufacturing share; not in the rows above)"
+
+
+def make_chip_run(path, chip):
+    """4 intervals of 100 J / 2 s on 8 chips of `chip`: 8 s of wall clock."""
+    session = RunSession(intensity=0.5, net_intensity=0.2, pue=1.2, chip=chip, num_chips=8, dtype="bf16",
+                         meter=window_meter(), output_dir=path, log_every_n_steps=5)
+    session.start()
+    for i in range(20):
+        session.step_end(flops=StepFlops(1e9, 1e9, "given", 100), loss=1.0, step=i + 1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return session.finish()
+
+
+def test_report_card_shows_embodied_for_a_sourced_chip(tmp_path):
+    summary = make_chip_run(tmp_path, "a100-80gb")
+    expected = 462.5 * 8 * (8.0 / 3600) / (6 * 365 * 24)  # (150 + 2500 / 8) kg x 8 chips x h / 6 years
+    assert summary["embodied_co2e_kg"] == pytest.approx(expected)
+    rows = {name: (value, how) for name, value, how in read_report(tmp_path).rows()}
+    assert rows[EMBODIED_ROW][0] == pytest.approx(expected)
+    assert "footprint x chips x hours / lifetime" in rows[EMBODIED_ROW][1] and "6-year life" in rows[EMBODIED_ROW][1]
+    assert rows["gross kg CO2e"][0] == pytest.approx(ENERGY_KWH * 0.5)  # operational only
+    text = render_text(read_report(tmp_path))
+    assert EMBODIED_ROW in text
+    assert EMBODIED_ROW in render_markdown(read_report(tmp_path))
+
+
+def test_hf_block_keeps_operational_in_emissions_and_names_embodied(tmp_path):
+    summary = make_chip_run(tmp_path, "a100-80gb")
+    block = hf_co2_block(summary)
+    assert block["emissions"] == pytest.approx(ENERGY_KWH * 0.5 * 1000, rel=1e-5)  # gross operational, grams
+    assert block["embodied_emissions"] == pytest.approx(summary["embodied_co2e_kg"] * 1000, rel=1e-5)
+    assert "not included in emissions" in block["source"]
+    assert "  embodied_emissions: " in render_text(read_report(tmp_path))
+
+
+def test_chip_without_footprint_lists_embodied_as_missing(tmp_path):
+    make_chip_run(tmp_path, "h200")
+    report = read_report(tmp_path)
+    assert f"{EMBODIED_ROW}: no published manufacturing footprint for chip 'h200' in the chips table" in report.missing
+    assert "embodied_emissions" not in hf_co2_block(report.summary)
+    assert "embodied_emissions" not in render_text(report)

@@ -1,6 +1,6 @@
-"""Counts the Keras reference GPT on the backend of `KERAS_BACKEND`; prints one JSON object.
+"""Counts the Keras reference GPT (and CNN) on the backend of `KERAS_BACKEND`; prints one JSON object.
 
-Run as `KERAS_BACKEND=jax python integrations/flops/keras_count.py dense switch top2:dense_dispatch`; used by the
+Run as `KERAS_BACKEND=jax python integrations/flops/keras_count.py dense switch top2:dense_dispatch cnn`; used by the
 Keras and cross-framework tests (one process per backend: Keras picks its backend at import).
 """
 
@@ -22,6 +22,15 @@ def main(names: list[str]) -> None:
 
     out = {"backend": keras.backend.backend(), "counts": {}}
     for name in names:
+        if name == "cnn":
+            from carbon_callbacks.models.cnn_config import CNN
+            from carbon_callbacks.models.keras_cnn import build_cnn
+            from carbon_callbacks.models.keras_cnn import random_batch as cnn_batch
+
+            model = build_cnn(CNN)
+            result = count(model, cnn_batch(CNN))
+            out["counts"][name] = {**result.to_dict(), "params": sum(int(keras.ops.size(v)) for v in model.weights)}
+            continue
         base, _, impl = name.partition(":")
         cfg = CONFIGS[base].with_(moe_implementation=impl) if impl else CONFIGS[base]
         model = build_gpt(cfg)

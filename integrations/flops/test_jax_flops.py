@@ -64,3 +64,87 @@ def test_convolution_formula():
 
     result = count(conv, jnp.ones((2, 3, 10, 10)), jnp.ones((8, 3, 3, 3)))  # NCHW, OIHW
     assert result.executed == 2 * (2 * 8 * 8 * 8) * 3 * 3 * 3
+
+
+#: (name, input spatial shape, kernel spatial shape, conv_general_dilated keywords), NC... / OI... layouts.
+CONVS = [
+    ("1d-strided-same", (9,), (3,), dict(window_strides=(2,), padding="SAME")),
+    ("2d-strided-pad", (8, 7), (3, 3), dict(window_strides=(2, 2), padding=((1, 1), (1, 0)))),
+    ("2d-dilated", (9, 9), (3, 3), dict(window_strides=(1, 1), padding="SAME", rhs_dilation=(2, 3))),
+    ("2d-transposed", (5, 5), (3, 3), dict(window_strides=(1, 1), padding=((2, 1), (2, 1)), lhs_dilation=(2, 2))),
+    ("2d-transposed-cropped", (4, 6), (4, 4), dict(window_strides=(1, 1), padding=((1, 2), (0, -1)),
+                                                   lhs_dilation=(2, 3))),
+    ("2d-grouped", (6, 6), (3, 3), dict(window_strides=(1, 1), padding="SAME", feature_group_count=2)),
+    ("2d-depthwise-strided", (7, 7), (3, 3), dict(window_strides=(2, 2), padding="SAME", feature_group_count=4)),
+    ("3d-strided-dilated", (5, 6, 7), (2, 3, 2),
+     dict(window_strides=(2, 1, 2), padding="SAME", rhs_dilation=(1, 2, 1))),
+]
+
+
+def _conv_case(kwargs, in_shape, kernel):
+    groups = kwargs.get("feature_group_count", 1)
+    x = jnp.ones((2, 4, *in_shape))
+    k = jnp.ones((4 if groups == 4 else 6, 4 // groups, *kernel))
+    return x, k, lambda x, k: jax.lax.conv_general_dilated(x, k, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "in_shape", "kernel", "kwargs"), CONVS, ids=[c[0] for c in CONVS])
+def test_convolution_counts_products_with_real_inputs(name, in_shape, kernel, kwargs):
+    """Forward, and forward + both gradients (the weight gradient of a grouped conv uses batch_group_count):
+    exactly the products with a real input, which sum(conv(ones, ones)) counts, 2 FLOPs each."""
+    x, k, conv = _conv_case(kwargs, in_shape, kernel)
+    products = int(conv(x, k).sum())
+    assert count(conv, x, k).executed == 2 * products
+    step = count(jax.grad(lambda x, k: conv(x, k).sum(), argnums=(0, 1)), x, k)
+    assert step.includes_backward and step.executed == 3 * 2 * products
+
+
+def test_strided_conv_input_gradient_skips_inserted_zeros():
+    """The input gradient of a stride-2 conv is a conv over the output gradient with lhs_dilation 2: half its
+    positions are inserted zeros, which a formula over the dilated input would count (2x)."""
+    x, k = jnp.ones((1, 1, 16)), jnp.ones((1, 1, 2))
+
+    def conv(x):
+        return jax.lax.conv_general_dilated(x, k, (2,), "VALID")
+
+    forward = 2 * 8 * 2  # 8 outputs x 2 taps; the input gradient does the same products (not 16 x 2)
+    assert count(jax.grad(lambda x: conv(x).sum()), x).executed == forward + forward
+
+
+def test_flax_cnn_equals_hand_count():
+    """The reference U-Net (models/cnn_config.py) on 16x16x3, batch 4, width 8, counted by hand.
+
+    Pairs of (output position, tap) on a real input, per dimension: 3x3 'same' on 16: 16 x 3 - 2 = 46; 4x4 stride
+    2 padding 1, 16 -> 8: 8 x 4 - 2 = 30; 3x3 dilation 2 padding 2 on 8: 8 x 3 - 4 = 20; 2x2 stride-2 transposed,
+    8 -> 16: 16 (each output one tap); 1x1 on 16: 16.
+    """
+    from carbon_callbacks.models import flax_cnn
+    from carbon_callbacks.models.cnn_config import CNN, cnn_flops
+
+    b = 4
+    forward = {
+        "stem": 2 * b * 8 * 3 * 46**2,  # out channels x in channels x pairs
+        "down": 2 * b * 16 * 8 * 30**2,
+        "mid": 2 * b * 16 * 1 * 20**2,  # depthwise: one input channel per output channel
+        "up": 2 * b * 8 * 16 * 16**2,
+        "head": 2 * b * 3 * 16 * 16**2,
+    }
+    step = 3 * sum(forward.values()) - forward["stem"]  # the image takes no gradient
+    assert step == 4_812_288 == cnn_flops(CNN).model_flops
+    model, params = flax_cnn.init(CNN)
+    result = count(flax_cnn.make_train_step(model), params, flax_cnn.random_batch(CNN))
+    assert result.total == step and result.includes_backward and result.warnings == ()
+    assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == cnn_flops(CNN).params_total
+
+
+def test_flax_transposed_conv_with_overlap_and_crop_equals_hand_count():
+    """3x3 stride-2 'SAME' transposed conv, 5 -> 10 per dimension: of the 5 x 3 = 15 (input, tap) pairs of a
+    row, one lands on the cropped border, so 14 per dimension, 14^2 per channel pair."""
+    from flax import linen as nn
+
+    layer = nn.ConvTranspose(6, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
+    x = jnp.ones((2, 5, 5, 4))
+    params = layer.init(jax.random.PRNGKey(0), x)
+    result = count(lambda p, x: layer.apply(p, x), params, x)
+    assert layer.apply(params, x).shape == (2, 10, 10, 6)
+    assert result.executed == 2 * 2 * 6 * 4 * 14**2

@@ -166,6 +166,40 @@ def scenario_interrupted(out: Path) -> dict:
     return result
 
 
+def scenario_ragged(out: Path) -> dict:
+    """10 samples in batches of 4: a ragged final batch of 2."""
+    x, y = data(DENSE, 10)
+    return run_fit(out, "ragged", dense_model(), x, y, callback(out, "ragged", log_every_n_steps=1), batch_size=4,
+                   epochs=1)
+
+
+#: Sequence lengths of the `lengths` scenario, one batch each (dynamic padding).
+LENGTHS = [8, 32, 16, 24, 12, 20, 28, 9]
+
+
+def scenario_lengths(out: Path) -> dict:
+    """A new sequence length every batch; the direct count of each batch beside what the run recorded."""
+    from carbon_callbacks.flops import count
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, DENSE.vocab_size, (4, n + 1)).astype("int32") for n in LENGTHS]
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, i):
+            return batches[i][:, :-1], batches[i][:, 1:]
+
+    model = dense_model()
+    cb = callback(out, "lengths", log_every_n_steps=1)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        model.fit(Batches(), epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    direct = [count(model, b[:, :-1], framework="keras").total for b in batches]
+    return outcome(out, "lengths", direct=direct, direct_counts=cb.session.flop_source.direct_counts)
+
+
 def scenario_given(out: Path) -> dict:
     """FLOPs given by `flops=`, by `model.flops_per_batch`, and a broken `flops_per_batch` that must not stop fit."""
     import warnings
@@ -204,9 +238,12 @@ SCENARIOS = {
     "spe": scenario_steps_per_execution,
     "moe": scenario_moe,
     "mirrored": scenario_mirrored,
+    "ragged": scenario_ragged,
+    "lengths": scenario_lengths,
 }
-#: The torch backend only runs `steps_per_execution=1`; MirroredStrategy is TensorFlow's.
-SKIP = {"torch": {"spe", "mirrored"}, "jax": {"mirrored"}, "tensorflow": set()}
+#: The torch backend only runs `steps_per_execution=1`; MirroredStrategy is TensorFlow's; a TensorFlow dataset of
+#: varying lengths has no static shape to count (the callback says so and counts nothing).
+SKIP = {"torch": {"spe", "mirrored"}, "jax": {"mirrored"}, "tensorflow": {"lengths"}}
 
 
 def main(out: Path) -> None:

@@ -6,6 +6,7 @@ A backend is chosen when Keras is imported, so each backend's fits run in a proc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -174,3 +175,27 @@ def test_mirrored_strategy_meters_once_and_reports_once(runs):
     assert summary["energy_kwh"] == pytest.approx(summary["wall_time_s"] * WATTS * PUE / 3.6e6, rel=1e-9)
     # Global batch 8 = 2 replicas x 4: the FLOPs of the whole step.
     assert result["history"]["carbon/flops"] == pytest.approx([transformer_flops(DENSE.with_(batch_size=8)).model_flops], rel=0.01)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_ragged_final_batch_is_counted_at_its_own_size(runs, backend):
+    records = scenario(runs, backend, "ragged")["records"]
+    sizes = [4, 4, 2]
+    expected = [transformer_flops(dataclasses.replace(DENSE, batch_size=b)) for b in sizes]
+    assert [r["model_flops"] for r in records] == [e.model_flops for e in expected]
+    assert [r["tokens"] for r in records] == [b * DENSE.seq_len for b in sizes]
+    for record, e in zip(records, expected):
+        assert record["hardware_flops"] == pytest.approx(e.hardware_flops, rel=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_many_lengths_cost_a_few_counts_and_stay_exact(runs, backend):
+    result = scenario(runs, backend, "lengths")
+    records, direct = result["records"], result["direct"]
+    lengths = [8, 32, 16, 24, 12, 20, 28, 9]
+    assert [r["model_flops"] for r in records] == [
+        transformer_flops(dataclasses.replace(DENSE, seq_len=n)).model_flops for n in lengths
+    ]
+    for record, count in zip(records, direct):  # the traced count, predicted past the fit: within 0.1%
+        assert record["hardware_flops"] == pytest.approx(count, rel=1e-3)
+    assert result["direct_counts"] == 5 < len(lengths)

@@ -14,6 +14,13 @@ from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._errors import UnknownNameError
 from carbon_callbacks._paper.estimate import Estimate
 from carbon_callbacks._paper.estimate import estimate
+from carbon_callbacks._paper.architectures import ArchitectureFlops
+from carbon_callbacks._paper.architectures import PaperModel
+from carbon_callbacks._paper.architectures import architecture_flops
+from carbon_callbacks._paper.architectures import get_paper_model
+from carbon_callbacks._paper.architectures import paper_models
+from carbon_callbacks._paper.embodied import embodied_co2e
+from carbon_callbacks._paper.table4 import reproduce_from_architectures
 from carbon_callbacks._reports.frames import load_run
 from carbon_callbacks._paper.table4 import reproduce_table4
 from carbon_callbacks._reports.plot import plot_runs
@@ -55,6 +62,7 @@ except _metadata.PackageNotFoundError:
 
 __all__ = [
     "Accountant",
+    "ArchitectureFlops",
     "COMPONENTS",
     "CarbonCallbacksError",
     "Chip",
@@ -65,6 +73,7 @@ __all__ = [
     "MOE_IMPLEMENTATIONS",
     "Measurement",
     "Meter",
+    "PaperModel",
     "Projection",
     "PueEntry",
     "Region",
@@ -77,19 +86,24 @@ __all__ = [
     "TransformerConfig",
     "TransformerFlops",
     "UnknownNameError",
+    "architecture_flops",
     "count_flops",
     "create_meter",
+    "embodied_co2e",
     "estimate",
     "format_report",
     "get_chip",
+    "get_paper_model",
     "get_pue",
     "get_region",
     "load_run",
+    "paper_models",
     "plot_runs",
     "project",
     "project_run",
     "read_report",
     "read_run",
+    "reproduce_from_architectures",
     "reproduce_table4",
     "resolve_site",
     "transformer_flops",

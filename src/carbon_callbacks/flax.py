@@ -256,7 +256,7 @@ class TrackedStep:
         keys = list(BASE_KEYS)
         if session.flop_source.fixed is not None:
             keys.append("carbon/flops")
-            if session.accountant.peak_flops is not None:
+            if session.peak_flops is not None:
                 keys.append("carbon/mfu")
         # Not measured before the first interval closes: NaN, the float a logger shows as "no value".
         self._last_metrics = dict.fromkeys(keys, math.nan)
@@ -285,7 +285,7 @@ class TrackedStep:
         self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
         if flops is not None and flops.model_flops is not None and "carbon/flops" not in self._last_metrics:
             self._last_metrics["carbon/flops"] = flops.model_flops
-            if self.session.accountant.peak_flops is not None:
+            if self.session.peak_flops is not None:
                 self._last_metrics["carbon/mfu"] = math.nan
         return flops
 
@@ -411,11 +411,8 @@ def track(
 
     Args:
         train_step: the step, jitted (`jax.jit`, `nnx.jit`) or not. Its donation and sharding are kept.
-        region: a name from the regions table. Defaults to `None`.
-        intensity: gross grid intensity, kg CO2e/kWh. Defaults to `None`. One of `region`/`intensity` is required.
-        net_intensity: net intensity after the datacenter's carbon-free energy, kg CO2e/kWh. Defaults to `None`.
-        pue: power usage effectiveness. Defaults to `None`: the provider's, else the industry average.
-        chip: the accelerator's name in the chips table (for MFU and modeled power). Defaults to `None`.
+        region, intensity, net_intensity, pue, chip, dtype: the site and the chip, as every adapter takes them
+            (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required.
         num_chips: chips in the whole run. Defaults to `None`: `jax.device_count()` on accelerators, one per
             process on CPU.
         output_dir: where process 0 writes `run.json` and `steps.jsonl`. Defaults to `None`:
@@ -425,7 +422,6 @@ def track(
         flops: model FLOPs per step, overriding counting; a `flops_per_batch` attribute on the step function
             works too. Defaults to `None`: counted from the step's jaxpr, once per input signature.
         meter: a `carbon_callbacks.meters` meter. Defaults to `None`: the best one available.
-        dtype: the dtype whose dense peak defines MFU. Defaults to `"bf16"`.
 
     Returns:
         A `TrackedStep`: call it like `train_step`; `.summary()`, `.metrics()`, `.close()`, context manager.

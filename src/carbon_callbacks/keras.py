@@ -69,11 +69,8 @@ class CarbonCallback(keras.callbacks.Callback):
     the end of training it prints the report once and writes `run.json` and `steps.jsonl` to `output_dir`.
 
     Args:
-        region: a name from the regions table. Defaults to `None`.
-        intensity: gross grid intensity, kg CO2e/kWh. Defaults to `None`. One of `region`/`intensity` is required.
-        net_intensity: net intensity, kg CO2e/kWh. Defaults to `None` (the region's, else the gross one).
-        pue: power usage effectiveness. Defaults to `None` (the provider's, else the industry average, labelled).
-        chip: the accelerator, a name from the chips table (for MFU and modeled power). Defaults to `None`.
+        region, intensity, net_intensity, pue, chip, dtype: the site and the chip, as every adapter takes them
+            (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required.
         num_chips: chips in the run. Defaults to `None`: the accelerator replicas of the model's distribution
             strategy, else 1.
         output_dir: where `run.json` and `steps.jsonl` are written. Defaults to `None`:
@@ -84,7 +81,6 @@ class CarbonCallback(keras.callbacks.Callback):
             `carbon_callbacks.flops.count` through the backend's tracer.
         meter: a `carbon_callbacks.meters.Meter`, which stays the caller's to close. Defaults to `None`: the best
             available (`create_meter`), made for each `fit` and closed at its end.
-        dtype: dtype whose dense peak defines MFU. Defaults to `"bf16"`.
         prog_bar: accepted for parity with the Lightning callback. Keras's progress bar shows every value in
             `logs`, so the metrics appear on it either way. Defaults to `False`.
 
@@ -130,6 +126,9 @@ class CarbonCallback(keras.callbacks.Callback):
         self._pending: list = []
         self._original_train_function = None
         self._tf_element_spec = None
+        self._tf_full_batch: int | None = None
+        self._tf_samples: dict = {}
+        self._samples_seen = 0
 
     # ------------------------------------------------------------------------------------------- public
     @property
@@ -194,12 +193,12 @@ class CarbonCallback(keras.callbacks.Callback):
             total_steps=steps * epochs if steps and epochs and not continued else None,
             num_chips=accelerators or None,
         )
-        session.accountant.flush()  # run.json exists (status running) from the first step on
+        session.flush()  # run.json exists (status running) from the first step on
         self._install_spy()
 
     @guarded
     def on_epoch_begin(self, epoch, logs=None):
-        self._seen_in_epoch = 0
+        self._seen_in_epoch = self._samples_seen = 0  # Keras resets its metrics, the loss's sample count too
 
     @guarded
     def on_train_batch_end(self, batch, logs=None):
@@ -231,7 +230,7 @@ class CarbonCallback(keras.callbacks.Callback):
         session.close_interval()
         if logs is not None:
             logs.update(session.last_metrics)
-        session.accountant.flush()  # a crash later leaves run.json and steps.jsonl as of this epoch
+        session.flush()  # a crash later leaves run.json and steps.jsonl as of this epoch
 
     @guarded
     def on_train_end(self, logs=None):
@@ -241,22 +240,21 @@ class CarbonCallback(keras.callbacks.Callback):
     def _step_flops(self, num_steps: int):
         """FLOPs and tokens of the `num_steps` steps of the execution that just ended (`None`: unknown).
 
-        JAX and torch: one count per batch the spy saw. TensorFlow: the first execution's batch size and the
-        dataset's element spec give one step's shape, and every later step is counted at it.
+        JAX and torch: one count per batch the spy saw. TensorFlow: each step's batch size (`_tf_batch_sizes`)
+        and the dataset's element spec.
         """
         if keras.backend.backend() != "tensorflow":
             observed, self._pending = self._pending, []
             return add_step_flops(self._flops_of(x) for x in observed) if observed else None
-        x = self._tf_sample(num_steps)
-        if x is None:
-            self.session.warn_once("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown; "
-                                   "carbon/flops and MFU are not reported. Pass flops= or set model.flops_per_batch.")
+        sizes = self._tf_batch_sizes(num_steps)
+        if sizes is None:
             return None
-        per_replica = self._flops_of(x)
-        if per_replica is None:
-            return None
-        steps = per_replica.times(num_steps * self._replicas)
-        if self.session.flop_source.fixed is not None:  # given FLOPs are per step of the whole model
+        per_step = []
+        for size in sizes:
+            figures = self._flops_of(self._tf_sample(max(size // self._replicas, 1)))
+            per_step.append(figures.times(self._replicas) if figures is not None else None)
+        steps = add_step_flops(per_step)
+        if steps is not None and self.session.flop_source.fixed is not None:  # given per step of the whole model
             fixed = self.session.flop_source.fixed * num_steps
             steps = steps._replace(model_flops=fixed, hardware_flops=fixed)
         return steps
@@ -272,20 +270,38 @@ class CarbonCallback(keras.callbacks.Callback):
             lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
         )
 
-    def _tf_sample(self, num_steps: int):
-        """Zero inputs of one replica's step: the batch size from the growth of the loss metric's sample count
-        over the first execution (Keras's `model._loss_tracker`), the shapes from the dataset's element spec."""
-        if self._tf_element_spec is None:
+    def _tf_batch_sizes(self, num_steps: int) -> list[int] | None:
+        """The global batch size of each of the `num_steps` steps that just ran on TensorFlow.
+
+        The step is a graph fed by an iterator, so the sizes come from the growth of the loss metric's sample
+        count (Keras's `model._loss_tracker`, reset at each epoch's start): full batches, except a smaller last
+        one when the epoch's data runs out (a ragged final batch).
+        """
+        tracker = getattr(self.model, "_loss_tracker", None)
+        spec = self._tf_element_spec
+        x_spec = spec[0] if isinstance(spec, tuple) else spec
+        import tensorflow as tf
+
+        if tracker is None or spec is None or any(
+            None in s.shape[1:] for s in tf.nest.flatten(x_spec, expand_composites=True)
+        ):
+            self.session.warn_once("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown "
+                                   "(or varies); carbon/flops and MFU are not reported. Pass flops= or set "
+                                   "model.flops_per_batch, or use the JAX or torch backend.")
             return None
-        if self._tf_sample_x is None:
+        seen = int(keras.ops.convert_to_numpy(tracker.count))
+        samples, self._samples_seen = seen - self._samples_seen, seen
+        if self._tf_full_batch is None:
+            self._tf_full_batch = max(round(samples / num_steps), 1)
+        full = self._tf_full_batch
+        return [full] * (num_steps - 1) + [max(samples - full * (num_steps - 1), 1)]
+
+    def _tf_sample(self, per_replica: int):
+        """Zero inputs of one replica's step of `per_replica` samples, shaped by the dataset's element spec."""
+        if per_replica not in self._tf_samples:
             import numpy as np
             import tensorflow as tf
 
-            tracker = getattr(self.model, "_loss_tracker", None)
-            if tracker is None:
-                return None
-            samples = float(keras.ops.convert_to_numpy(tracker.count))
-            per_replica = max(round(samples / num_steps) // self._replicas, 1)
             spec = self._tf_element_spec
             x_spec = spec[0] if isinstance(spec, tuple) else spec
             leaves = tf.nest.flatten(x_spec, expand_composites=True)
@@ -293,10 +309,10 @@ class CarbonCallback(keras.callbacks.Callback):
                 leaves = leaves[:: self._replicas]
             arrays = [np.zeros((per_replica, *s.shape[1:]), dtype=s.dtype.as_numpy_dtype) for s in leaves]
             if self._replicas == 1:
-                self._tf_sample_x = tf.nest.pack_sequence_as(x_spec, arrays)
+                self._tf_samples[per_replica] = tf.nest.pack_sequence_as(x_spec, arrays)
             else:
-                self._tf_sample_x = arrays[0] if len(arrays) == 1 else tuple(arrays)
-        return self._tf_sample_x
+                self._tf_samples[per_replica] = arrays[0] if len(arrays) == 1 else tuple(arrays)
+        return self._tf_samples[per_replica]
 
     # ------------------------------------------------------------------------------------------- spy
     def _install_spy(self) -> None:
@@ -307,7 +323,7 @@ class CarbonCallback(keras.callbacks.Callback):
         JAX trainer holds its variables). TensorFlow hands it a dataset iterator consumed inside the graph: the
         wrapper keeps its element spec on the first call and removes itself.
         """
-        self._tf_element_spec = self._tf_sample_x = None
+        self._tf_element_spec, self._tf_full_batch, self._tf_samples = None, None, {}
         original = getattr(self.model, "train_function", None)
         if original is None:
             return

@@ -67,11 +67,8 @@ class CarbonCallback(pl.Callback):
     Table 4 this run can fill) and writes `run.json` and `steps.jsonl`.
 
     Args:
-        region: a name from the regions table. Defaults to `None`.
-        intensity: gross grid intensity, kg CO2e/kWh. Defaults to `None`. One of `region`/`intensity` is required.
-        net_intensity: net intensity, kg CO2e/kWh. Defaults to `None` (the region's, else the gross one).
-        pue: power usage effectiveness. Defaults to `None` (the provider's, else the industry average, labelled).
-        chip: the accelerator, a name from the chips table (for MFU and modeled power). Defaults to `None`.
+        region, intensity, net_intensity, pue, chip, dtype: the site and the chip, as every adapter takes them
+            (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required.
         num_chips: chips in the whole run. Defaults to `None`: the Trainer's world size.
         output_dir: where rank 0 writes `run.json` and `steps.jsonl`. Defaults to `None`: `carbon/` inside the
             Trainer's log directory.
@@ -83,7 +80,6 @@ class CarbonCallback(pl.Callback):
         prog_bar: also show the metrics in the progress bar. Defaults to `False`.
         meter: a `carbon_callbacks.meters.Meter`, which stays the caller's to close. Defaults to `None`: the best
             this machine offers, one device per rank, made for each `fit` and closed at its end.
-        dtype: the dtype whose dense peak FLOP/s defines MFU. Defaults to `"bf16"`.
 
     Raises:
         InvalidInputError: at construction, when neither `region` nor `intensity` is given, or for a bad number.

@@ -7,6 +7,9 @@ files do not hold is listed as missing, with the reason.
 
 The card also carries the split of energy between dense and sparse (MoE) layers, apportioned by FLOPs, and the
 Hugging Face model-card `co2_eq_emissions` block (https://huggingface.co/docs/hub/model-cards-co2).
+
+The chips' embodied (manufacturing) CO2e has a row of its own, beside the operational rows and never added into
+them; the model-card block keeps operational emissions in `emissions` and names embodied `embodied_emissions`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ BREAKDOWN_KEYS = ("flops_by_layer_kind", "flops_breakdown", "flops_by_kind")
 #: A layer kind whose name holds one of these words belongs to the sparse (MoE) part of the model.
 _SPARSE_WORDS = ("moe", "expert", "router", "sparse", "switch")
 SPLIT_METHOD = "estimate: apportioned by FLOPs"
+#: The report row of the chips' manufacturing share (beside the operational CO2e, not part of it).
+EMBODIED_ROW = "embodied kg CO2e (chips' manufacturing share; not in the rows above)"
 
 #: Why a row can be empty, for the "missing" list.
 _MISSING_REASON = {
@@ -47,6 +52,7 @@ _MISSING_REASON = {
     "net kg CO2e": "no energy recorded",
     "gross tCO2e": "no energy recorded",
     "net tCO2e": "no energy recorded",
+    EMBODIED_ROW: "no chip with a published manufacturing footprint (or run.json written by an older version)",
 }
 
 
@@ -77,8 +83,22 @@ def table4_rows(summary: dict) -> list[tuple[str, object, str]]:
         ("net kg CO2e", net_kg, "energy x net intensity"),
         ("gross tCO2e", gross_kg / 1000.0 if gross_kg is not None else None, "energy x gross intensity"),
         ("net tCO2e", net_kg / 1000.0 if net_kg is not None else None, "energy x net intensity"),
+        (EMBODIED_ROW, summary.get("embodied_co2e_kg"), _embodied_how(summary)),
     ]
     return rows
+
+
+def _embodied_how(summary: dict) -> str:
+    """The embodied row's formula and footprint row, short; run.json `sources.embodied_co2e_kg` has every URL."""
+    how = (summary.get("sources") or {}).get("embodied_co2e_kg") or ""
+    if summary.get("embodied_co2e_kg") is None or "; lifetime" not in how:
+        return how
+    life = summary.get("lifetime_years")
+    life_text = f"{life:g}-year life" if isinstance(life, (int, float)) else "life"
+    return (
+        f"{how.split('; lifetime')[0]}; {life_text}; footprint: table:chips/{summary.get('chip')} "
+        "(sources: run.json sources.embodied_co2e_kg)"
+    )
 
 
 # ------------------------------------------------------------------------------------------- dense vs sparse
@@ -134,9 +154,11 @@ def energy_split(summary: dict) -> list[dict] | None:
 def hf_co2_block(summary: dict, *, training_type: str | None = None, location: str | None = None) -> dict:
     """The model-card `co2_eq_emissions` metadata (https://huggingface.co/docs/hub/model-cards-co2).
 
-    `emissions` is the gross CO2e in grams (the field has room for one number; the source names the net one).
-    Fields the run does not know (training type, a location when only an intensity was given, the chip) are
-    left out rather than guessed; pass `training_type` / `location` to fill them.
+    `emissions` is the gross operational CO2e in grams (the field has room for one number; the source names the
+    net one). The chips' manufacturing share, when the chip has a published footprint, goes in a separate
+    `embodied_emissions` (grams), never into `emissions`. Fields the run does not know (training type, a location
+    when only an intensity was given, the chip) are left out rather than guessed; pass `training_type` /
+    `location` to fill them.
     """
     info = summary.get("info") or {}
     gross, net = summary.get("gross_co2e_kg"), summary.get("net_co2e_kg")
@@ -148,6 +170,15 @@ def hf_co2_block(summary: dict, *, training_type: str | None = None, location: s
         source += f"; energy {summary['energy_method']}"
     if net is not None:
         source += f"; net CO2e {net * 1000.0:.6g} g"
+    embodied = summary.get("embodied_co2e_kg")
+    if embodied is not None:
+        block["embodied_emissions"] = float(f"{embodied * 1000.0:.6g}")  # grams, 6 significant figures
+        life = summary.get("lifetime_years")
+        life_text = f"{life:g}-year" if isinstance(life, (int, float)) else "the assumed"
+        source += (
+            f"; embodied_emissions: the chips' manufacturing share (footprint x chips x hours / {life_text} service "
+            "life), reported separately and not included in emissions"
+        )
     block["source"] = source
     training_type = training_type or info.get("training_type")
     if training_type:
@@ -163,7 +194,9 @@ def hf_co2_block(summary: dict, *, training_type: str | None = None, location: s
 def hf_yaml(block: dict) -> str:
     """The `co2_eq_emissions` block as model-card YAML, with comments naming the fields left out."""
     lines = ["co2_eq_emissions:"]
-    for key in ("emissions", "source", "training_type", "geographical_location", "hardware_used"):
+    for key in ("emissions", "embodied_emissions", "source", "training_type", "geographical_location", "hardware_used"):
+        if key == "embodied_emissions" and key not in block:
+            continue  # optional: only for a chip with a published footprint
         if key in block:
             value = block[key]
             lines.append(f"  {key}: {json.dumps(value) if isinstance(value, str) else value}")
@@ -351,6 +384,9 @@ def read_report(run_dir: str | os.PathLike) -> RunReport:
     for name, value, _how in table4_rows(summary):
         if value is None:
             reason = f"needs {RUN_FILE}" if derived else _MISSING_REASON.get(name, "not recorded")
+            embodied_how = (summary.get("sources") or {}).get("embodied_co2e_kg") or ""
+            if name == EMBODIED_ROW and embodied_how.startswith("unknown: "):
+                reason = embodied_how[len("unknown: "):]
             missing.append(f"{name}: {reason}")
     return RunReport(str(path), summary, records, found, missing, notes)
 

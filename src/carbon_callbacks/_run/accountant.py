@@ -16,6 +16,7 @@ from pathlib import Path
 
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._paper.embodied import check_lifetime, embodied_co2e
 from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
 from carbon_callbacks._site.site import Site
 from carbon_callbacks._site.tables import Chip, get_chip
@@ -55,6 +56,8 @@ class Accountant:
         flush_every: steps buffered in memory before they are appended to the step log. Defaults to `100`.
         flush_seconds: the longest time records wait in memory, in seconds. Defaults to `60`.
         world_size: ranks (data-parallel processes) in the run. Defaults to `1`.
+        lifetime_years: service life over which the chips' manufacturing footprint is spread for
+            `embodied_co2e_kg`. Defaults to `None`: 6 years (`carbon_callbacks._paper.embodied.LIFETIME_SOURCE`).
 
     Example:
         >>> from carbon_callbacks import Accountant, resolve_site
@@ -66,6 +69,9 @@ class Accountant:
     Notes:
         `model_flops` and `hardware_flops` are per observation, summed over the ranks' local work. `None` means
         "not measured", never 0. Totals from other ranks enter through `set_global_totals`.
+        `summary()["embodied_co2e_kg"]` (chip footprint x chips x wall-clock hours / lifetime) stands beside the
+        operational CO2e and is never added into `gross_co2e_kg` / `net_co2e_kg`; it is `None` for a chip without
+        a published footprint.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Accountant:
         flush_every: int = 100,
         flush_seconds: float = 60.0,
         world_size: int = 1,
+        lifetime_years: float | None = None,
     ) -> None:
         if not isinstance(site, Site):
             raise InvalidInputError(f"site must be a Site (see resolve_site), got {type(site).__name__}.")
@@ -87,6 +94,8 @@ class Accountant:
         self.chip = get_chip(chip) if isinstance(chip, str) else chip
         self.num_chips = check_count("num_chips", num_chips)
         self.world_size = check_count("world_size", world_size)
+        check_lifetime(lifetime_years)
+        self.lifetime_years = lifetime_years
         self.dtype = dtype
         if peak_flops is not None:
             self.peak_flops: float | None = check_number("peak_flops", peak_flops, positive=True)
@@ -332,6 +341,7 @@ class Accountant:
         if model_flops is not None and self.peak_flops is not None and self.seconds_with_model_flops > 0:
             mfu = model_flops / self.seconds_with_model_flops / (self.num_chips * self.peak_flops)
         seconds = self.seconds
+        embodied = embodied_co2e(self.chip, self.num_chips, seconds / 3600.0, self.lifetime_years)
         return {
             "schema_version": SCHEMA_VERSION,
             "status": self.status,
@@ -366,11 +376,15 @@ class Accountant:
             ),
             "avg_power_w_per_chip": it_j / seconds / self.num_chips if seconds > 0 else None,
             "energy_j_per_token": energy_kwh * J_PER_KWH / tokens if tokens else None,
+            "embodied_co2e_kg": embodied.co2e_kg,
+            "embodied_kgco2e_per_chip": embodied.kgco2e_per_chip,
+            "lifetime_years": embodied.lifetime_years,
             "sources": {
                 "pue": self.site.pue_source,
                 "gross_kg_per_kwh": self.site.gross_source,
                 "net_kg_per_kwh": self.site.net_source,
                 "peak_flops_per_chip": self.peak_source,
+                "embodied_co2e_kg": embodied.source,
             },
             "info": dict(self.info),
         }

@@ -239,6 +239,17 @@ class RunSession:
         return self.accountant.output_dir if self.accountant is not None else None
 
     @property
+    def peak_flops(self) -> float | None:
+        """Dense peak FLOP/s of one chip for MFU (`None`: no chip with a peak for the dtype, or not started)."""
+        return self.accountant.peak_flops if self.accountant is not None else None
+
+    def flush(self) -> None:
+        """Writes the run files now (step log and `run.json`), e.g. at an epoch's end; a crash later loses nothing
+        before this point."""
+        if self.accountant is not None:
+            self.accountant.flush()
+
+    @property
     def pending_steps(self) -> int:
         """Steps recorded in the open interval."""
         return self._steps

@@ -2,7 +2,8 @@
 
 The order is the same in every adapter: `flops=` given by the user > a `flops_per_batch` attribute of the model >
 the analytic count of a model config we know (model FLOPs: activated experts only) with the trace for hardware
-FLOPs > the trace alone. Counting happens once per distinct batch shape; every later step is a dict lookup.
+FLOPs > the trace alone. Counting happens once per distinct batch shape (and, for token batches of many lengths, at a few lengths only:
+`length_fit`); every later step is a dict lookup.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_number
+from carbon_callbacks._run.length_fit import LengthFit, length_family
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,11 @@ def token_shape(leaves: Iterable[tuple[tuple[int, ...], bool]]) -> tuple[int, in
 
 
 def find_model_config(*candidates: Any):
-    """The `TransformerConfig` that one of `candidates` carries (see `_CONFIG_PATHS`), or `None`."""
+    """The `TransformerConfig` one of `candidates` carries (see `_CONFIG_PATHS`), or `None`.
+
+    A Hugging Face `PretrainedConfig` (an object with `model_type` and `to_dict`) is read with
+    `TransformerConfig.from_hf`; one whose architecture the analytic count does not know is left to the trace.
+    """
     from carbon_callbacks.flops.analytic import TransformerConfig
 
     for candidate in candidates:
@@ -77,6 +83,11 @@ def find_model_config(*candidates: Any):
                     break
             if isinstance(value, TransformerConfig):
                 return value
+            if isinstance(getattr(value, "model_type", None), str) and callable(getattr(value, "to_dict", None)):
+                try:
+                    return TransformerConfig.from_hf(value, seq_len=1)
+                except InvalidInputError as err:
+                    log.info("carbon-callbacks: model FLOPs come from the trace: %s", err)
     return None
 
 
@@ -94,6 +105,9 @@ class StepFlopsSource:
         self._warn_once = warn_once
         self._annotate = annotate
         self._cache: dict[Hashable, StepFlops | None] = {}
+        self._fits: dict[Hashable, LengthFit] = {}
+        self.direct_counts = 0
+        self._annotated_config = False
         self.fixed: float | None = None
         self.method: str | None = None
         self.config = None
@@ -102,6 +116,9 @@ class StepFlopsSource:
     def reset(self, model: Any = None, *, traceable: bool = True, untraceable_reason: str = "") -> None:
         """Chooses the source for a new run of `model` (the object the framework trains)."""
         self._cache = {}
+        self._fits: dict[Hashable, LengthFit] = {}
+        self.direct_counts = 0  # steps traced so far: the counting cost
+        self._annotated_config = False
         self.config = None
         attribute = getattr(model, "flops_per_batch", None) if model is not None else None
         if self.given is not None:
@@ -159,49 +176,72 @@ class StepFlopsSource:
         if self.fixed is not None:
             result = StepFlops(self.fixed, self.fixed, self.method, n_tokens)
         else:
-            result = self._count(trace, shape, n_tokens)
+            result = self._count(key, trace, shape, n_tokens)
         self._cache[key] = result
         return result
 
-    def _count(self, trace, shape, n_tokens) -> StepFlops | None:
+    def _count(self, key, trace, shape, n_tokens) -> StepFlops | None:
         analytic = self._analytic(shape)
-        traced = None
-        if trace is not None and self.traceable:
-            try:
-                traced = trace()
-            except Exception as err:
-                self._warn_once("flops-trace", f"carbon-callbacks: counting a training step's FLOPs failed "
-                                f"({type(err).__name__}: {err}); pass flops= or define `flops_per_batch`.")
-        if traced is not None:
-            for message in traced.warnings:
-                self._warn_once(f"flops:{message}", f"carbon-callbacks FLOP count: {message}")
+        traced = self._trace(key, trace, shape)
         if analytic is None and traced is None:
             return None
         if analytic is None:
-            model = hardware = float(traced.total)
-            method = traced.method
+            model = hardware = float(traced[0])
+            method = traced[1]
         else:
             model = float(analytic.model_flops)
-            hardware = float(traced.total) if traced is not None else float(analytic.hardware_flops)
-            method = "model: analytic (activated experts); hardware: " + (
-                traced.method if traced is not None else "analytic")
+            hardware = float(traced[0]) if traced is not None else float(analytic.hardware_flops)
+            method = "model: analytic (activated experts); hardware: " + (traced[1] if traced else "analytic")
         self._annotate(flops_method=method)
         log.info("carbon-callbacks: %s model, %s hardware FLOPs per step (%s)", model, hardware, method)
         return StepFlops(model, hardware, method, n_tokens)
 
+    def _trace(self, key, trace, shape) -> tuple[int, str] | None:
+        """(FLOPs, method) of one step as traced: a direct count, or its length polynomial's prediction."""
+        if trace is None or not self.traceable:
+            return None
+        fit = None
+        if shape is not None:
+            fit = self._fits.setdefault(length_family(key, shape[1]), LengthFit())
+            predicted = fit.predict(shape[1])
+            if predicted is not None:
+                return predicted, fit.describe()
+        self.direct_counts += 1
+        try:
+            result = trace()
+        except Exception as err:
+            self._warn_once("flops-trace", f"carbon-callbacks: counting a training step's FLOPs failed "
+                            f"({type(err).__name__}: {err}); pass flops= or define `flops_per_batch`.")
+            return None
+        for message in result.warnings:
+            self._warn_once(f"flops:{message}", f"carbon-callbacks FLOP count: {message}")
+        if fit is not None:
+            fit.method = result.method
+            fit.add(shape[1], result.total)
+            if fit.failed:
+                log.info("carbon-callbacks: this model's FLOPs are not a quadratic in sequence length; every new "
+                         "length is counted directly")
+        return result.total, result.method
+
     def _analytic(self, shape):
-        """The exact count of the known config at this batch shape, annotated once; `None` without a config."""
+        """The exact count of the known config at this batch shape; `None` without a config.
+
+        The parameters (from the config as it was given: a learned position table's size does not change with a
+        batch's length) and the split by layer kind (at the first batch's shape) are annotated once.
+        """
         if self.config is None or shape is None:
             return None
         from carbon_callbacks.flops.analytic import transformer_flops
 
-        config = dataclasses.replace(self.config, batch_size=shape[0], seq_len=shape[1])
-        analytic = transformer_flops(config)
-        self._annotate(
-            params_total=analytic.params_total,
-            params_active_per_token=analytic.params_active_per_token,
-            percent_active=analytic.percent_active,
-            params_source="analytic: model config",
-            flops_by_layer_kind={"model": analytic.breakdown, "hardware": analytic.hardware_breakdown},
-        )
+        analytic = transformer_flops(dataclasses.replace(self.config, batch_size=shape[0], seq_len=shape[1]))
+        if not self._annotated_config:
+            self._annotated_config = True
+            given = transformer_flops(self.config)
+            self._annotate(
+                params_total=given.params_total,
+                params_active_per_token=given.params_active_per_token,
+                percent_active=given.percent_active,
+                params_source="analytic: model config",
+                flops_by_layer_kind={"model": analytic.breakdown, "hardware": analytic.hardware_breakdown},
+            )
         return analytic

@@ -31,6 +31,12 @@ class Chip:
         memory_gb: memory per chip, in GB, or `None`.
         source: where the row's figures come from (URLs).
         note: what the figures mean (form factor, which dtype is tensor-core, ...).
+        embodied_kgco2e: manufacturing footprint of one chip, in kg CO2e, or `None` where no published figure
+            exists (never estimated here). `embodied_note` says what it covers (die only, or the whole GPU).
+        host_embodied_kgco2e: the chip's share of its host server's manufacturing footprint, in kg CO2e, or `None`
+            where unpublished.
+        embodied_source: where the two footprints come from (URLs); empty when both are `None`.
+        embodied_note: what the footprints cover and how they were derived.
     """
 
     name: str
@@ -42,6 +48,17 @@ class Chip:
     memory_gb: float | None
     source: str
     note: str
+    embodied_kgco2e: float | None = None
+    host_embodied_kgco2e: float | None = None
+    embodied_source: str = ""
+    embodied_note: str = ""
+
+    @property
+    def embodied_kgco2e_per_chip(self) -> float | None:
+        """The chip's footprint plus its host share, in kg CO2e; `None` without a published chip footprint."""
+        if self.embodied_kgco2e is None:
+            return None
+        return self.embodied_kgco2e + (self.host_embodied_kgco2e or 0.0)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s of one chip for `dtype` (e.g. `"bf16"`)."""
@@ -143,9 +160,30 @@ def _chips() -> tuple[dict[str, Chip], dict[str, object]]:
                 memory_gb=_optional_float("chips.csv", row, "memory_gb"),
                 source=row["source"].strip(),
                 note=(row.get("note") or "").strip(),
+                **_embodied(row),
             )
         )
     return {c.name: c for c in entries}, _index(entries, rows)
+
+
+def _embodied(row: dict[str, str]) -> dict[str, object]:
+    """The manufacturing-footprint columns of a chips.csv row; a footprint without its source is an error."""
+    chip = _optional_float("chips.csv", row, "embodied_kgco2e")
+    host = _optional_float("chips.csv", row, "host_embodied_kgco2e")
+    source = (row.get("embodied_source") or "").strip()
+    if (chip is not None or host is not None) and not source:
+        raise InvalidInputError(f"chips.csv: row {row['name']!r} has an embodied footprint without embodied_source.")
+    if host is not None and chip is None:
+        raise InvalidInputError(f"chips.csv: row {row['name']!r} has a host share but no chip footprint.")
+    for name, value in (("embodied_kgco2e", chip), ("host_embodied_kgco2e", host)):
+        if value is not None and value < 0:
+            raise InvalidInputError(f"chips.csv: row {row['name']!r} has a negative {name}: {value!r}.")
+    return {
+        "embodied_kgco2e": chip,
+        "host_embodied_kgco2e": host,
+        "embodied_source": source,
+        "embodied_note": (row.get("embodied_note") or "").strip(),
+    }
 
 
 @functools.cache

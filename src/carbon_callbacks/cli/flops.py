@@ -1,10 +1,12 @@
-"""`carbon-callbacks flops`: exact FLOPs per training step and parameter counts of a dense or MoE transformer."""
+"""`carbon-callbacks flops`: exact FLOPs per training step and parameter counts of a dense or MoE transformer,
+given by its shape or by a Hugging Face `config.json` (`--hf-config`)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from carbon_callbacks._errors import check_count, check_number
+from carbon_callbacks._errors import InvalidInputError, check_count, check_number
 from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks.flops.analytic import MOE_IMPLEMENTATIONS, NORMS, TransformerConfig, transformer_flops
 
@@ -37,16 +39,23 @@ def register(subparsers) -> None:
             "Model FLOPs count the top-k experts and the router; hardware FLOPs what --moe-impl runs."
         ),
     )
-    shape = parser.add_argument_group("shape")
+    parser.add_argument(
+        "--hf-config", metavar="CONFIG_JSON",
+        help="a Hugging Face config.json (gpt2, llama, mistral, qwen2, mixtral, qwen2_moe, t5, mt5, "
+        "switch_transformers): the shape comes from it; give only --batch, --seq-len (default: the model's "
+        "context length), --decoder-seq-len and the MoE implementation flags",
+    )
+    shape = parser.add_argument_group("shape (required without --hf-config: --layers, --d-model, --heads, "
+                                      "--seq-len, --batch, --vocab)")
     shape.add_argument(
-        "--layers", dest="num_layers", type=int, required=True, metavar="N",
+        "--layers", dest="num_layers", type=int, metavar="N",
         help="layers (the encoder's, with --decoder-layers)",
     )
-    shape.add_argument("--d-model", dest="d_model", type=int, required=True, metavar="N", help="model width")
-    shape.add_argument("--heads", dest="num_heads", type=int, required=True, metavar="N", help="attention heads")
-    shape.add_argument("--seq-len", dest="seq_len", type=int, required=True, metavar="N", help="tokens per sequence")
-    shape.add_argument("--batch", dest="batch_size", type=int, required=True, metavar="N", help="sequences per step")
-    shape.add_argument("--vocab", dest="vocab_size", type=int, required=True, metavar="N", help="vocabulary size")
+    shape.add_argument("--d-model", dest="d_model", type=int, metavar="N", help="model width")
+    shape.add_argument("--heads", dest="num_heads", type=int, metavar="N", help="attention heads")
+    shape.add_argument("--seq-len", dest="seq_len", type=int, metavar="N", help="tokens per sequence")
+    shape.add_argument("--batch", dest="batch_size", type=int, metavar="N", help="sequences per step")
+    shape.add_argument("--vocab", dest="vocab_size", type=int, metavar="N", help="vocabulary size")
     shape.add_argument("--d-ff", dest="d_ff", type=int, metavar="N", help="FFN hidden width (default 4 x d-model)")
     shape.add_argument(
         "--head-dim", dest="head_dim", type=int, metavar="N",
@@ -63,19 +72,19 @@ def register(subparsers) -> None:
     shape.add_argument("--gated-ffn", action="store_true", help="FFN with 3 matrices (GLU)")
     shape.add_argument("--tied-embeddings", action="store_true", help="logits reuse the input embedding")
     shape.add_argument("--no-learned-positions", action="store_true", help="no position table in the parameters")
-    shape.add_argument("--norm", default="layernorm", choices=sorted(NORMS), help="norm layer (parameters only)")
+    shape.add_argument("--norm", choices=sorted(NORMS), help="norm layer (parameters only; default layernorm)")
     moe = parser.add_argument_group("mixture of experts")
     moe.add_argument(
-        "--experts", dest="num_experts", type=int, metavar="N", default=0,
-        help="experts per MoE layer (0: dense)",
+        "--experts", dest="num_experts", type=int, metavar="N",
+        help="experts per MoE layer (default 0: dense)",
     )
-    moe.add_argument("--top-k", dest="top_k", type=int, metavar="N", default=1, help="experts per token (default 1)")
+    moe.add_argument("--top-k", dest="top_k", type=int, metavar="N", help="experts per token (default 1)")
     moe.add_argument(
-        "--capacity-factor", dest="capacity_factor", type=float, metavar="X", default=1.0,
+        "--capacity-factor", dest="capacity_factor", type=float, metavar="X",
         help="expert capacity factor (default 1.0)",
     )
     moe.add_argument(
-        "--moe-every", dest="moe_every", type=int, metavar="N", default=1,
+        "--moe-every", dest="moe_every", type=int, metavar="N",
         help="every N-th layer is MoE (default 1)",
     )
     moe.add_argument(
@@ -86,8 +95,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def config_from_args(args) -> TransformerConfig:
-    """Checks every number under its flag's name, then builds the `TransformerConfig`."""
+#: Flags that give the model's shape, which --hf-config replaces.
+_SHAPE_FLAGS = {
+    "num_layers": "--layers", "d_model": "--d-model", "num_heads": "--heads", "vocab_size": "--vocab",
+    "d_ff": "--d-ff", "head_dim": "--head-dim", "num_experts": "--experts", "top_k": "--top-k",
+    "moe_every": "--moe-every", "num_decoder_layers": "--decoder-layers", "gated_ffn": "--gated-ffn",
+    "tied_embeddings": "--tied-embeddings", "no_learned_positions": "--no-learned-positions", "norm": "--norm",
+}
+_REQUIRED = ("num_layers", "d_model", "num_heads", "seq_len", "batch_size", "vocab_size")
+
+
+def _checked_numbers(args) -> dict:
+    """Every number given, checked under its flag's name."""
     values = {}
     for flag, name, minimum in _NUMBERS:
         value = getattr(args, name)
@@ -97,12 +116,46 @@ def config_from_args(args) -> TransformerConfig:
             values[name] = check_number(flag, value, positive=True)
         else:
             values[name] = check_count(flag, value, minimum=minimum)
+    return values
+
+
+def hf_config_from_args(args) -> TransformerConfig:
+    """The `TransformerConfig` of `--hf-config`, with the workload flags."""
+    given = [flag for name, flag in _SHAPE_FLAGS.items() if getattr(args, name) not in (None, False)]
+    if given:
+        raise InvalidInputError(
+            f"{', '.join(given)}: the shape comes from --hf-config; drop these flags (only --batch, --seq-len, "
+            "--decoder-seq-len, --capacity-factor, --moe-impl and --causal combine with it)."
+        )
+    path = Path(args.hf_config)
+    try:
+        values = json.loads(path.read_text())
+    except OSError as err:
+        raise InvalidInputError(f"--hf-config: cannot read {str(path)!r} ({err.strerror or err}).") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"--hf-config: {str(path)!r} is not JSON ({err}).") from None
+    if not isinstance(values, dict):
+        raise InvalidInputError(f"--hf-config: {str(path)!r} holds a {type(values).__name__}, not a config object.")
+    numbers = _checked_numbers(args)
+    workload = {name: numbers[name] for name in ("seq_len", "batch_size", "decoder_seq_len", "capacity_factor")
+                if name in numbers}
+    return TransformerConfig.from_hf(values, **workload)
+
+
+def config_from_args(args) -> TransformerConfig:
+    """Checks every number under its flag's name, then builds the `TransformerConfig`."""
+    if getattr(args, "hf_config", None):
+        return hf_config_from_args(args)
+    missing = [_SHAPE_FLAGS.get(name) or {"seq_len": "--seq-len", "batch_size": "--batch"}[name]
+               for name in _REQUIRED if getattr(args, name) is None]
+    if missing:
+        raise InvalidInputError(f"{', '.join(missing)}: required (or give the shape with --hf-config).")
     return TransformerConfig(
-        **values,
+        **_checked_numbers(args),
         gated_ffn=args.gated_ffn,
         tied_embeddings=args.tied_embeddings,
         learned_positions=not args.no_learned_positions,
-        norm=args.norm,
+        norm=args.norm or "layernorm",
     )
 
 

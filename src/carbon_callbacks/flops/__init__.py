@@ -1,13 +1,14 @@
 """FLOP counting: an exact analytic counter for dense and MoE transformers, and traced counters.
 
 - `transformer_flops(TransformerConfig(...))`: model and hardware FLOPs per training step, parameters total and
-  activated per token, and a breakdown by layer kind. Pure Python.
+  activated per token, and a breakdown by layer kind. Pure Python. `TransformerConfig.from_hf(config)` reads the
+  shape from a Hugging Face config (a `PretrainedConfig` or the dict of a `config.json`).
 - `count(fn, *args, **kwargs)`: runs or traces `fn(*args, **kwargs)` once and counts the FLOPs of its matrix
   products with the framework's own tracer (torch, JAX, or TensorFlow for Keras on its TensorFlow backend).
 
 Importing this package imports no framework; `count` imports the one it needs. The conventions (2 FLOPs per
-multiply-add, matrix products only, backward = 2 x forward) are in `carbon_callbacks.flops.analytic` and
-docs/flops.md.
+multiply-add, matrix products only, backward = 2 x forward; convolutions: the products with a real input
+element, padding taps excluded) are in `carbon_callbacks.flops.analytic` and docs/flops.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Traced FLOP counting in JAX: matrix products on the jaxpr of the whole step.
 
-Counts `dot_general` (2 x output elements x contracted length) and `conv_general_dilated` (2 x output elements x
-input features per group x kernel window) in the jaxpr and in every jaxpr nested in it (`jit`, `remat`,
-`custom_jvp`/`custom_vjp`, `shard_map`), multiplying `scan` bodies by their length. A `while` body whose trip
-count is not static is counted once and reported in `warnings`; of a `cond`'s branches the largest is counted.
+Counts `dot_general` (2 x output elements x contracted length) and `conv_general_dilated` (2 x the multiply-adds
+with a real input element, `_conv.conv_macs`: the zeros of padding and of `lhs_dilation` are not products) in the
+jaxpr and in every jaxpr nested in it (`jit`, `remat`, `custom_jvp`/`custom_vjp`, `shard_map`), multiplying
+`scan` bodies by their length. A `while` body whose trip count is not static is counted once and reported in
+`warnings`; of a `cond`'s branches the largest is counted.
 
 XLA's `cost_analysis` counts a `scan` body once (0.58x on a 2-layer scanned GPT), so it serves only as a
 cross-check (`xla_flops`).
@@ -17,6 +18,7 @@ from collections import defaultdict
 
 import jax
 
+from carbon_callbacks.flops._conv import conv_macs
 from carbon_callbacks.flops._result import FlopCount, finish
 
 _WRAPPER = re.compile(r"\w+\(|\)")
@@ -34,12 +36,27 @@ def _dot_general(eqn) -> int:
 
 
 def _conv(eqn) -> int:
-    rhs = _shape(eqn.invars[1])
-    dims = eqn.params["dimension_numbers"]
-    rhs_spec = dims.rhs_spec  # (out features, in features, *spatial)
-    in_per_group = rhs[rhs_spec[1]]
-    window = math.prod(rhs[i] for i in rhs_spec[2:])
-    return 2 * math.prod(_shape(eqn.outvars[0])) * in_per_group * window
+    """2 x the multiply-adds with a real input element (`_conv.window_pairs`): taps on padding or on the zeros
+    of `lhs_dilation` (a strided convolution's input gradient, a transposed convolution) are not products."""
+    params = eqn.params
+    lhs, rhs, out = _shape(eqn.invars[0]), _shape(eqn.invars[1]), _shape(eqn.outvars[0])
+    dims = params["dimension_numbers"]
+    lhs_spatial = [lhs[i] for i in dims.lhs_spec[2:]]
+    rhs_spatial = [rhs[i] for i in dims.rhs_spec[2:]]
+    out_spatial = [out[i] for i in dims.out_spec[2:]]
+    n = len(out_spatial)
+    return 2 * conv_macs(
+        batch=out[dims.out_spec[0]],
+        out_features=out[dims.out_spec[1]],
+        in_features_per_group=rhs[dims.rhs_spec[1]],
+        sizes=lhs_spatial,
+        outs=out_spatial,
+        kernels=rhs_spatial,
+        strides=params.get("window_strides") or [1] * n,
+        dilations=params.get("rhs_dilation") or [1] * n,
+        lhs_dilations=params.get("lhs_dilation") or [1] * n,
+        pads_lo=[lo for lo, _ in params["padding"]],
+    )
 
 
 _FORMULAS = {"dot_general": _dot_general, "conv_general_dilated": _conv}

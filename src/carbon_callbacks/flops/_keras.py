@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 
+from carbon_callbacks.flops._conv import conv_macs, same_pad_lo
 from carbon_callbacks.flops._result import FlopCount, finish
 
 
@@ -103,30 +104,129 @@ def _einsum(op) -> int | None:
     return 2 * math.prod(out) * math.prod(sizes[c] for c in contracted)
 
 
-def _conv(op) -> int | None:
-    """Forward conv: 2 x output elements x kernel window x input channels (filter shape [..., in, out])."""
-    filt, out = _dims(op.inputs[1]), _dims(op.outputs[0])
-    if filt is None or out is None:
+def _spatial_axes(op, rank: int) -> list[int]:
+    data_format = op.get_attr("data_format").decode() if "data_format" in op.node_def.attr else "NHWC"
+    return list(range(2, rank)) if data_format.startswith("NC") else list(range(1, rank - 1))
+
+
+def _int_list(op, name: str, rank: int) -> list[int]:
+    return list(op.get_attr(name)) if name in op.node_def.attr else [1] * rank
+
+
+_RESHAPES = ("ExpandDims", "Squeeze", "Reshape", "Identity")
+
+
+def _producer(tensor, op_type: str):
+    """The op of type `op_type` that makes `tensor`, looking through reshapes (a 1-D conv runs as a 2-D one)."""
+    while tensor.op.type in _RESHAPES and tensor.op.type != op_type:
+        tensor = tensor.op.inputs[0]
+    return tensor.op if tensor.op.type == op_type else None
+
+
+def _consumer(tensor, op_type: str):
+    """The first op of type `op_type` that reads `tensor`, looking through reshapes."""
+    stack = [tensor]
+    while stack:
+        for consumer in stack.pop().consumers():
+            if consumer.type == op_type:
+                return consumer
+            if consumer.type in _RESHAPES:
+                stack.append(consumer.outputs[0])
+    return None
+
+
+def _space_to_batch(op, kind: str):
+    """The dilated convolution TensorFlow runs as SpaceToBatchND -> conv -> BatchToSpaceND, undone.
+
+    Returns `(input shape, output shape, block, paddings before)` of the convolution as written (on the tensors
+    before SpaceToBatchND and after BatchToSpaceND), or `None` when `op` is not such a convolution. Without this,
+    the zeros SpaceToBatchND pads with would be counted as inputs. The gradient of SpaceToBatchND is
+    BatchToSpaceND with the paddings as crops, and the other way round.
+    """
+    import tensorflow as tf
+
+    if kind == "backprop_input":
+        to_space = _consumer(op.outputs[0], "BatchToSpaceND")
+        x_side = None if to_space is None else (to_space.outputs[0], to_space.inputs[1], to_space.inputs[2])
+        to_batch = _producer(op.inputs[2], "SpaceToBatchND")
+        y_tensor = None if to_batch is None else to_batch.inputs[0]
+    else:
+        to_batch = _producer(op.inputs[0], "SpaceToBatchND")
+        x_side = None if to_batch is None else (to_batch.inputs[0], to_batch.inputs[1], to_batch.inputs[2])
+        if kind == "forward":
+            to_space = _consumer(op.outputs[0], "BatchToSpaceND")
+            y_tensor = None if to_space is None else to_space.outputs[0]
+        else:
+            grad = _producer(op.inputs[2], "SpaceToBatchND")
+            y_tensor = None if grad is None else grad.inputs[0]
+    if x_side is None or y_tensor is None:
         return None
-    if op.type.startswith("DepthwiseConv2dNative"):
-        return 2 * math.prod(out) * math.prod(filt[:-2])
-    return 2 * math.prod(out) * math.prod(filt[:-1])
-
-
-def _conv_backprop_input(op) -> int | None:
-    filt, grad = _dims(op.inputs[1]), _dims(op.inputs[2])
-    if filt is None or grad is None:
+    block, paddings = tf.get_static_value(x_side[1]), tf.get_static_value(x_side[2])
+    x_shape, y_shape = _dims(x_side[0]), _dims(y_tensor)
+    if block is None or paddings is None or x_shape is None or y_shape is None:
         return None
-    per_output = math.prod(filt[:-2]) if op.type.startswith("Depthwise") else math.prod(filt[:-1])
-    return 2 * math.prod(grad) * per_output
+    return x_shape, y_shape, [int(b) for b in block], [int(p) for p in paddings[:, 0]]
 
 
-def _conv_backprop_filter(op) -> int | None:
-    filt, grad = _dims(op.outputs[0]), _dims(op.inputs[2])
-    if filt is None or grad is None:
+def _conv_products(op, kind: str) -> int | None:
+    """Multiply-adds of a convolution with a real input element (`_conv.conv_macs`), from the forward geometry.
+
+    `kind`: `forward` (x -> y), `backprop_input` (dy -> dx) or `backprop_filter` (x, dy -> dw); each does the
+    forward's products once. The filter is `[*kernel, in per group, out]` (`[*kernel, channels, multiplier]`
+    for a depthwise convolution).
+    """
+    if kind == "forward":
+        x, filt, y = _dims(op.inputs[0]), _dims(op.inputs[1]), _dims(op.outputs[0])
+    elif kind == "backprop_input":
+        x = _dims(op.outputs[0])
+        filt, y = _dims(op.inputs[1]), _dims(op.inputs[2])
+    else:
+        x, filt, y = _dims(op.inputs[0]), _dims(op.outputs[0]), _dims(op.inputs[2])
+    if x is None or filt is None or y is None:
         return None
-    per_output = math.prod(filt[:-2]) if op.type.startswith("Depthwise") else math.prod(filt[:-1])
-    return 2 * math.prod(grad) * per_output
+    rank = len(x)
+    axes = _spatial_axes(op, rank)
+    strides = [_int_list(op, "strides", rank)[a] for a in axes]
+    dilations = [_int_list(op, "dilations", rank)[a] for a in axes]
+    kernels = filt[:-2]
+    if op.type.startswith("Depthwise"):
+        out_features, per_group = filt[-2] * filt[-1], 1
+    else:
+        out_features, per_group = filt[-1], filt[-2]
+    undone = _space_to_batch(op, kind) if axes == list(range(1, rank - 1)) else None
+    if undone is not None:
+        # SpaceToBatchND's spatial dimensions are the convolution's last ones (a 1-D convolution runs as a 2-D
+        # one with a leading spatial dimension of 1, which pairs with itself once).
+        x0, y0, block, pads0 = undone
+        inserted = len(axes) - len(block)
+        ones = [1] * inserted
+        x = [y[0], *ones, *x0[1:-1], x[-1]]
+        y = [y0[0], *ones, *y0[1:-1], y[-1]]
+        kernels = [*ones, *kernels[inserted:]]
+        dilations = [*ones, *(b * d for b, d in zip(block, dilations[inserted:]))]
+        strides = [*ones, *strides[inserted:]]
+        pads_lo = [0] * inserted + pads0
+    else:
+        padding = op.get_attr("padding").decode()
+        if padding == "SAME":
+            pads_lo = [same_pad_lo(x[a], y[a], k, s, d) for a, k, s, d in zip(axes, kernels, strides, dilations)]
+        elif padding == "EXPLICIT":
+            explicit = list(op.get_attr("explicit_paddings"))
+            pads_lo = [explicit[2 * a] for a in axes]
+        else:
+            pads_lo = [0] * len(axes)
+    return conv_macs(
+        batch=y[0], out_features=out_features, in_features_per_group=per_group, sizes=[x[a] for a in axes],
+        outs=[y[a] for a in axes], kernels=kernels, strides=strides, dilations=dilations, pads_lo=pads_lo,
+    )
+
+
+def _conv(kind: str):
+    def formula(op) -> int | None:
+        products = _conv_products(op, kind)
+        return None if products is None else 2 * products
+
+    return formula
 
 
 _TF_FORMULAS = {
@@ -135,15 +235,19 @@ _TF_FORMULAS = {
     "BatchMatMulV2": _batch_matmul,
     "BatchMatMulV3": _batch_matmul,
     "Einsum": _einsum,
-    "Conv2D": _conv,
-    "Conv3D": _conv,
-    "DepthwiseConv2dNative": _conv,
-    "Conv2DBackpropInput": _conv_backprop_input,
-    "Conv3DBackpropInputV2": _conv_backprop_input,
-    "DepthwiseConv2dNativeBackpropInput": _conv_backprop_input,
-    "Conv2DBackpropFilter": _conv_backprop_filter,
-    "Conv3DBackpropFilterV2": _conv_backprop_filter,
-    "DepthwiseConv2dNativeBackpropFilter": _conv_backprop_filter,
+    "Conv2D": _conv("forward"),
+    "Conv3D": _conv("forward"),
+    "DepthwiseConv2dNative": _conv("forward"),
+    "Conv2DBackpropInput": _conv("backprop_input"),
+    "Conv2DBackpropInputV2": _conv("backprop_input"),
+    "Conv3DBackpropInput": _conv("backprop_input"),
+    "Conv3DBackpropInputV2": _conv("backprop_input"),
+    "DepthwiseConv2dNativeBackpropInput": _conv("backprop_input"),
+    "Conv2DBackpropFilter": _conv("backprop_filter"),
+    "Conv2DBackpropFilterV2": _conv("backprop_filter"),
+    "Conv3DBackpropFilter": _conv("backprop_filter"),
+    "Conv3DBackpropFilterV2": _conv("backprop_filter"),
+    "DepthwiseConv2dNativeBackpropFilter": _conv("backprop_filter"),
 }
 _GRADIENT = re.compile(r"(^|/)(gradients|gradient_tape)(_\d+)?/")
 _CALLS = ("PartitionedCall", "StatefulPartitionedCall")

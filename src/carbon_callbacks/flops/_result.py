@@ -8,9 +8,12 @@ from dataclasses import asdict, dataclass, field
 from carbon_callbacks.flops.analytic import LAYER_KINDS
 
 #: Name fragments that mark a module's layer kind, checked from the deepest path component up. `moe` alone (the
-#: MoE block's own body, outside its router and experts) holds the dispatch/combine products.
+#: MoE block's own body, outside its router and experts) holds the dispatch/combine products. A shared expert
+#: (Qwen2-MoE `shared_expert`) runs on every token: `dense_ffn`, as in the analytic count; its gate is a router.
+#: `gate_proj` (a SwiGLU matrix in Llama-style FFNs and experts) names no kind, so its parent decides.
 _KIND_PATTERNS = (
-    ("router", re.compile(r"router|gate_proj$|^gate$")),
+    ("router", re.compile(r"router|^gate$|shared_expert_gate")),
+    ("dense_ffn", re.compile(r"shared_expert")),
     ("moe_experts", re.compile(r"expert")),
     ("moe_dispatch", re.compile(r"dispatch|combine|^moe|_moe$|switch")),
     ("attention", re.compile(r"attn|attention|self_att|cross_att|mha")),

@@ -2,7 +2,9 @@
 
 torch's counter has no formula for the CPU kernel of `scaled_dot_product_attention` (it counts it as zero: a
 small GPT reads 0.933x of its exact count) nor for grouped matmuls (`torch._grouped_mm`, the usual MoE path).
-Both are added here. Attention backward is counted as 2 x forward (the four products of the gradients), as
+Both are added here. Convolutions are counted exactly (`_conv.conv_macs`): torch's own formula charges every
+output position the whole kernel, padding taps included, and a transposed convolution every tap of every input
+element, cropped or not. Attention backward is counted as 2 x forward (the four products of the gradients), as
 the analytic counter does; torch's own formula for the fused GPU kernels also counts the score recompute of
 flash attention (2.5 x forward), which is replaced by the same 2 x forward so that every device gives one number.
 """
@@ -15,6 +17,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from carbon_callbacks.flops._conv import conv_macs
 from carbon_callbacks.flops._result import FlopCount, finish
 
 logger = logging.getLogger(__name__)
@@ -37,9 +40,52 @@ def _sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, o
 
 
 def _grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    """`torch._grouped_mm(a, b, offs)`: the output's elements x the contracted length x 2."""
+    """`torch._grouped_mm(a, b, offs)`: the output's elements x the contracted length x 2.
+
+    When both operands are 2-D (an MoE weight gradient: `offs` splits the contracted dimension into groups), the
+    output `(groups, m, n)` has one block per group and each contracts only its group's share, so the products are
+    m x n x the whole contracted length, not groups times that.
+    """
+    if out_shape is None:
+        return 0
     contracted = a_shape[-1]
-    return 2 * math.prod(out_shape) * contracted if out_shape is not None else 0
+    if len(a_shape) == 2 and len(b_shape) == 2 and len(out_shape) == 3:
+        return 2 * out_shape[-2] * out_shape[-1] * contracted
+    return 2 * math.prod(out_shape) * contracted
+
+
+def _per_dim(value, n: int) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return values * n if len(values) == 1 else values
+
+
+def _conv_products(x_shape, w_shape, out_shape, stride, padding, dilation, transposed: bool) -> int:
+    """Multiply-adds of `aten.convolution` with a real input element (padding and cropped taps excluded).
+
+    A transposed convolution does the products of the convolution it is the adjoint of: from its output
+    (`out_shape`) to its input (`x_shape`), with the same stride, dilation and padding.
+    """
+    n = len(w_shape) - 2
+    stride, padding, dilation = _per_dim(stride, n), _per_dim(padding, n), _per_dim(dilation, n)
+    if transposed:  # w: (in, out / groups, *k); the adjoint convolution maps out_shape -> x_shape
+        big, small, out_features, per_group = out_shape, x_shape, x_shape[1], w_shape[1]
+    else:  # w: (out, in / groups, *k)
+        big, small, out_features, per_group = x_shape, out_shape, out_shape[1], w_shape[1]
+    return conv_macs(
+        batch=x_shape[0], out_features=out_features, in_features_per_group=per_group, sizes=big[2:],
+        outs=small[2:], kernels=w_shape[2:], strides=stride, dilations=dilation, pads_lo=padding,
+    )
+
+
+def _conv_forward(x_shape, w_shape, _bias, stride, padding, dilation, transposed, *args, out_shape=None, **kwargs):
+    return 2 * _conv_products(x_shape, w_shape, out_shape, stride, padding, dilation, bool(transposed))
+
+
+def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, stride, padding, dilation, transposed,
+                   _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """The input gradient and the weight gradient each do the forward's products once."""
+    products = _conv_products(x_shape, w_shape, grad_out_shape, stride, padding, dilation, bool(transposed))
+    return 2 * products * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
 def formulas() -> dict:
@@ -56,6 +102,11 @@ def formulas() -> dict:
     ):
         if hasattr(aten, name):
             mapping[getattr(aten, name)] = _sdpa_backward
+    for name in ("convolution", "_convolution", "convolution_overrideable"):
+        if hasattr(aten, name):
+            mapping[getattr(aten, name)] = _conv_forward
+    if hasattr(aten, "convolution_backward"):
+        mapping[aten.convolution_backward] = _conv_backward
     for name in ("_grouped_mm",):
         if hasattr(aten, name):
             mapping[getattr(aten, name)] = _grouped_mm

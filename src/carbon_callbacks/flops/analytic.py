@@ -14,7 +14,9 @@ Conventions (the same in every counter of this package; see docs/flops.md):
 
 The shape of the model: a decoder-only stack (GPT) or, with `num_decoder_layers`, an encoder-decoder (T5,
 GShard, Switch) whose decoder layers add cross-attention over the encoder output. Every `moe_every`-th layer of
-each stack (layer indices `moe_every - 1, 2 * moe_every - 1, ...`) has an MoE FFN in place of the dense one.
+each stack (layer indices `moe_every - 1, 2 * moe_every - 1, ...`), or the layers listed in `moe_layers`, has an
+MoE FFN in place of the dense one, optionally beside shared experts that every token passes through (Qwen2-MoE).
+`TransformerConfig.from_hf` reads the shape from a Hugging Face config (`carbon_callbacks.flops._hf`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,25 @@ class TransformerConfig:
         learned_positions: a learned position table (GPT-2) counted in the parameters. Defaults to `True`.
         norm: `"layernorm"`, `"rmsnorm"` or `"none"`, for the parameter count. Defaults to `"layernorm"`.
         bias: linear layers carry biases (parameters only; bias additions are not FLOPs). Defaults to `False`.
+        num_kv_heads: key/value heads of grouped-query attention. Defaults to `None` (num_heads).
+        expert_d_ff: hidden width of each routed expert. Defaults to `None` (the FFN's width).
+        num_shared_experts: experts of each MoE layer that every token passes through. Defaults to `0`.
+        shared_expert_d_ff: hidden width of each shared expert. Defaults to `None` (the routed experts' width).
+        shared_expert_gate: a `d_model -> 1` gate scales the shared experts' output (Qwen2-MoE).
+            Defaults to `False`.
+        moe_layers: the indices of the MoE layers of the decoder-only stack, or of the encoder; overrides
+            `moe_every`. Defaults to `None`.
+        decoder_moe_layers: the indices of the MoE layers of an encoder-decoder's decoder. Defaults to `None`
+            (`moe_layers` if given, else `moe_every`).
+        max_positions: rows of the learned position table(s). Defaults to `None` (the sequence lengths).
+        relative_attention_buckets: buckets of the T5 relative position bias, one table of buckets x heads per
+            stack (parameters only). Defaults to `0`.
+        attention_window: sliding-window attention (Mistral): with `causal=True`, each query attends to at most
+            this many positions. Defaults to `None`.
+        attention_bias: Q, K, V and output projections carry biases. Defaults to `None` (`bias`).
+        qkv_bias: Q, K and V projections carry biases (Qwen2). Defaults to `None` (`attention_bias`).
+        ffn_bias: FFN and expert matrices carry biases. Defaults to `None` (`bias`).
+        head_bias: the logits layer carries a bias. Defaults to `None` (`bias`).
     """
 
     num_layers: int
@@ -108,13 +129,43 @@ class TransformerConfig:
     learned_positions: bool = True
     norm: str = "layernorm"
     bias: bool = False
+    num_kv_heads: int | None = None
+    expert_d_ff: int | None = None
+    num_shared_experts: int = 0
+    shared_expert_d_ff: int | None = None
+    shared_expert_gate: bool = False
+    moe_layers: tuple[int, ...] | None = None
+    decoder_moe_layers: tuple[int, ...] | None = None
+    max_positions: int | None = None
+    relative_attention_buckets: int = 0
+    attention_window: int | None = None
+    attention_bias: bool | None = None
+    qkv_bias: bool | None = None
+    ffn_bias: bool | None = None
+    head_bias: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "d_model", "num_heads", "seq_len", "batch_size", "vocab_size", "moe_every"):
             check_count(name, getattr(self, name))
-        for name in ("d_ff", "head_dim", "num_decoder_layers", "decoder_seq_len"):
+        for name in ("d_ff", "head_dim", "num_decoder_layers", "decoder_seq_len", "num_kv_heads", "expert_d_ff",
+                     "shared_expert_d_ff", "max_positions", "attention_window"):
             if getattr(self, name) is not None:
                 check_count(name, getattr(self, name))
+        check_count("num_shared_experts", self.num_shared_experts, minimum=0)
+        check_count("relative_attention_buckets", self.relative_attention_buckets, minimum=0)
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise InvalidInputError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})."
+            )
+        for name, stack in (("moe_layers", self.num_layers), ("decoder_moe_layers", self.num_decoder_layers)):
+            layers = getattr(self, name)
+            if layers is None:
+                continue
+            layers = tuple(sorted({check_count(f"{name} entry", i, minimum=0) for i in layers}))
+            if stack is None or any(i >= stack for i in layers):
+                raise InvalidInputError(f"{name} must index layers of its stack (0 to {(stack or 1) - 1}), "
+                                        f"got {list(layers)}.")
+            object.__setattr__(self, name, layers)
         check_count("num_experts", self.num_experts, minimum=0)
         check_count("top_k", self.top_k)
         check_number("capacity_factor", self.capacity_factor, positive=True)
@@ -133,17 +184,72 @@ class TransformerConfig:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
     @property
+    def expert_ffn_dim(self) -> int:
+        """Hidden width of each routed expert."""
+        return self.expert_d_ff if self.expert_d_ff is not None else self.ffn_dim
+
+    @property
+    def shared_ffn_dim(self) -> int:
+        """Hidden width of each shared expert."""
+        return self.shared_expert_d_ff if self.shared_expert_d_ff is not None else self.expert_ffn_dim
+
+    @property
     def attn_dim(self) -> int:
-        """num_heads x head_dim: the width of Q, K and V."""
-        return self.num_heads * (self.head_dim if self.head_dim is not None else self.d_model // self.num_heads)
+        """num_heads x head_dim: the width of Q (and of K and V without grouped-query attention)."""
+        return self.num_heads * self._head_width
+
+    @property
+    def kv_dim(self) -> int:
+        """num_kv_heads x head_dim: the width of K and V."""
+        return (self.num_kv_heads or self.num_heads) * self._head_width
+
+    @property
+    def _head_width(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
 
     @property
     def encoder_decoder(self) -> bool:
         return self.num_decoder_layers is not None
 
-    def is_moe_layer(self, index: int) -> bool:
-        """Whether layer `index` (0-based, within its stack) has an MoE FFN."""
-        return self.num_experts > 0 and (index + 1) % self.moe_every == 0
+    def is_moe_layer(self, index: int, decoder: bool = False) -> bool:
+        """Whether layer `index` (0-based, within its stack; `decoder`: of an encoder-decoder's decoder) is MoE."""
+        if self.num_experts == 0:
+            return False
+        layers = self.decoder_moe_layers if decoder and self.decoder_moe_layers is not None else self.moe_layers
+        if layers is not None:
+            return index in layers
+        return (index + 1) % self.moe_every == 0
+
+    @classmethod
+    def from_hf(cls, config, **workload) -> "TransformerConfig":
+        """The shape of a Hugging Face model from its config: a `transformers` `PretrainedConfig` or the dict of
+        its `config.json` (read without importing `transformers`).
+
+        Supported `model_type`s: `gpt2`, `llama`, `mistral`, `qwen2`, `mixtral`, `qwen2_moe`, `t5`, `mt5`,
+        `switch_transformers`. The fields that set a size must be present; switches that `transformers` gives a
+        default (for example `num_key_value_heads`, `tie_word_embeddings`) take that default. See docs/flops.md.
+
+        Args:
+            config: the `PretrainedConfig` or the `config.json` dict.
+            **workload: `seq_len` (defaults to the model's context length where its config has one),
+                `batch_size` (defaults to `1`), `decoder_seq_len` and `capacity_factor` (defaults to `1.0`).
+
+        Returns:
+            A `TransformerConfig`.
+
+        Raises:
+            InvalidInputError: for an unsupported `model_type`, a missing or unusable field (named), or a
+                feature the count does not model (for example `use_sliding_window` in Qwen2-MoE).
+
+        Example:
+            >>> gpt2 = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
+            ...         "n_positions": 1024}
+            >>> transformer_flops(TransformerConfig.from_hf(gpt2, seq_len=1024)).params_total
+            124439808
+        """
+        from carbon_callbacks.flops._hf import config_from_hf
+
+        return config_from_hf(config, cls=cls, **workload)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(TransformerConfig)}
@@ -199,24 +305,35 @@ class _Tally:
         self.step[kind] += flops * (1 + backward_factor)
 
 
+def _causal_pairs(length: int, window: int | None) -> int:
+    """Query-key pairs on and below the diagonal, each query seeing at most `window` positions."""
+    if window is None or window >= length:
+        return length * (length + 1) // 2
+    return window * (window + 1) // 2 + (length - window) * window
+
+
 def _attention(t: _Tally, cfg: TransformerConfig, batch: int, q_len: int, kv_len: int, causal: bool) -> None:
     d, a = cfg.d_model, cfg.attn_dim
     t.add("attention", 2 * batch * q_len * d * a)  # Q
-    t.add("attention", 2 * batch * kv_len * d * 2 * a)  # K, V
-    pairs = q_len * (q_len + 1) // 2 if causal else q_len * kv_len
+    t.add("attention", 2 * batch * kv_len * d * 2 * cfg.kv_dim)  # K, V
+    pairs = _causal_pairs(q_len, cfg.attention_window) if causal else q_len * kv_len
     t.add("attention", 2 * 2 * batch * pairs * a)  # scores QK^T and the weighted sum of V, over all heads
     t.add("attention", 2 * batch * q_len * a * d)  # output projection
 
 
 def _ffn(t: _Tally, cfg: TransformerConfig, tokens: int, moe: bool, impl: str, hardware: bool) -> int:
     """Adds one FFN (dense or MoE) for `tokens` tokens; returns the expert capacity used (0 if dense)."""
-    d, f = cfg.d_model, cfg.ffn_dim
-    per_token = 2 * d * f * (3 if cfg.gated_ffn else 2)  # FLOPs of one token through one FFN / expert
+    d, mats = cfg.d_model, 3 if cfg.gated_ffn else 2
     if not moe:
-        t.add("dense_ffn", tokens * per_token)
+        t.add("dense_ffn", tokens * 2 * d * cfg.ffn_dim * mats)
         return 0
+    per_token = 2 * d * cfg.expert_ffn_dim * mats  # FLOPs of one token through one expert
     e, k = cfg.num_experts, cfg.top_k
     t.add("router", 2 * tokens * d * e)
+    if cfg.num_shared_experts:  # every token, like a dense FFN
+        t.add("dense_ffn", tokens * cfg.num_shared_experts * 2 * d * cfg.shared_ffn_dim * mats)
+    if cfg.shared_expert_gate:
+        t.add("router", 2 * tokens * d)
     capacity = expert_capacity(tokens, e, k, cfg.capacity_factor)
     if not hardware:
         t.add("moe_experts", tokens * k * per_token)
@@ -243,7 +360,7 @@ def _tally(cfg: TransformerConfig, impl: str, causal: bool, hardware: bool) -> t
         for i in range(cfg.num_decoder_layers):
             _attention(t, cfg, b, dec_len, dec_len, causal=causal)
             _attention(t, cfg, b, dec_len, enc_len, causal=False)
-            capacity = _ffn(t, cfg, b * dec_len, cfg.is_moe_layer(i), impl, hardware) or capacity
+            capacity = _ffn(t, cfg, b * dec_len, cfg.is_moe_layer(i, decoder=True), impl, hardware) or capacity
         out_len = dec_len
     else:
         for i in range(cfg.num_layers):
@@ -254,38 +371,48 @@ def _tally(cfg: TransformerConfig, impl: str, causal: bool, hardware: bool) -> t
     return t, capacity
 
 
+def _first(*values: bool | None) -> bool:
+    return next(v for v in values if v is not None)
+
+
 def _params(cfg: TransformerConfig) -> tuple[int, int]:
     """(total, active per token) parameter counts."""
-    d, f, a, e, k = cfg.d_model, cfg.ffn_dim, cfg.attn_dim, cfg.num_experts, cfg.top_k
+    d, a, kv, e, k = cfg.d_model, cfg.attn_dim, cfg.kv_dim, cfg.num_experts, cfg.top_k
     norm = NORMS[cfg.norm] * d
-    bias = cfg.bias
-    attn = 4 * d * a + (3 * a + d if bias else 0)
-    ffn_mats = 3 if cfg.gated_ffn else 2
-    expert = ffn_mats * d * f + ((ffn_mats - 1) * f + d if bias else 0)
+    qkv_bias = _first(cfg.qkv_bias, cfg.attention_bias, cfg.bias)
+    attn = 2 * d * a + 2 * d * kv + (a + 2 * kv if qkv_bias else 0) + (d if _first(cfg.attention_bias, cfg.bias) else 0)
+    ffn_mats, ffn_bias = (3 if cfg.gated_ffn else 2), _first(cfg.ffn_bias, cfg.bias)
+
+    def ffn(width: int) -> int:
+        return ffn_mats * d * width + ((ffn_mats - 1) * width + d if ffn_bias else 0)
+
+    dense, expert = ffn(cfg.ffn_dim), ffn(cfg.expert_ffn_dim)
+    shared = cfg.num_shared_experts * ffn(cfg.shared_ffn_dim) + (d if cfg.shared_expert_gate else 0)
     router = d * e
 
-    def stack(layers: int, attn_blocks: int) -> tuple[int, int]:
+    def stack(layers: int, attn_blocks: int, decoder: bool) -> tuple[int, int]:
         total = active = 0
         for i in range(layers):
             base = attn_blocks * (attn + norm) + norm
-            if cfg.is_moe_layer(i):
-                total += base + router + e * expert
-                active += base + router + k * expert
+            if cfg.is_moe_layer(i, decoder):
+                total += base + router + shared + e * expert
+                active += base + router + shared + k * expert
             else:
-                total += base + expert
-                active += base + expert
-        return total + norm, active + norm  # the stack's final norm
+                total += base + dense
+                active += base + dense
+        relative = cfg.relative_attention_buckets * cfg.num_heads  # one table per stack (T5)
+        return total + norm + relative, active + norm + relative  # the stack's final norm
 
-    total, active = stack(cfg.num_layers, 1)
-    positions = cfg.seq_len * d if cfg.learned_positions else 0
+    total, active = stack(cfg.num_layers, 1, False)
+    positions = (cfg.max_positions or cfg.seq_len) * d if cfg.learned_positions else 0
     if cfg.encoder_decoder:
-        dec_total, dec_active = stack(cfg.num_decoder_layers, 2)
+        dec_total, dec_active = stack(cfg.num_decoder_layers, 2, True)
         total, active = total + dec_total, active + dec_active
         if cfg.learned_positions:
-            positions += (cfg.decoder_seq_len or cfg.seq_len) * d
+            positions += (cfg.max_positions or cfg.decoder_seq_len or cfg.seq_len) * d
     embed = cfg.vocab_size * d + positions
     head = 0 if cfg.tied_embeddings else cfg.vocab_size * d
-    head += cfg.vocab_size if bias else 0
+    head += cfg.vocab_size if _first(cfg.head_bias, cfg.bias) else 0
     return total + embed + head, active + embed + head
 
 

@@ -1,0 +1,200 @@
+"""Fit time with and without carbon-callbacks when most batches bring a new sequence length (dynamic padding).
+
+The workload of issue 11: a 2-layer GPT (d_model 128, 4 heads, d_ff 512, vocabulary 512), batches of 8 sequences
+whose length is drawn from 16-192 for every step, `--steps` steps. Each adapter runs in a process of its own
+(`--child`), bare and tracked fits interleaved `--repeats` times after one warm-up of each, so the machine's
+drift hits both alike. Reported: the median fit-time ratio (tracked / bare), the distinct shapes, and how many
+steps the FLOP counter traced directly (the rest came from the length polynomial, `_run/length_fit.py`).
+
+Keras runs on the torch backend (the JAX backend recompiles the step for every new shape, with or without us);
+Flax jit-compiles every new shape too, so its bare fit is dominated by compilation.
+
+Run: python benchmarks/dynamic_shapes.py [--steps 120] [--repeats 3] [--only lightning,keras,flax]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+SITE = {"intensity": 0.4, "pue": 1.1}
+
+
+def config():
+    from carbon_callbacks.models import DENSE
+
+    return DENSE.with_(d_model=128, num_heads=4, d_ff=512, vocab_size=512, seq_len=192, batch_size=8)
+
+
+def lengths(steps: int, seed: int = 0) -> list[int]:
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randint(16, 192) for _ in range(steps)]
+
+
+def quiet():
+    """Mutes the report card and the frameworks' chatter, which are the same in both arms."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def lightning(steps: int, tracked: bool, out: Path) -> dict:
+    import logging
+
+    import pytorch_lightning as pl
+    import torch
+
+    from carbon_callbacks.lightning import CarbonCallback
+    from carbon_callbacks.models.torch_gpt import GPT, loss_fn
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    cfg = config()
+    torch.manual_seed(0)
+    batches = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, n + 1)) for n in lengths(steps)]
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = GPT(cfg)
+
+        def training_step(self, batch, batch_idx):
+            return loss_fn(self.model(batch[:, :-1]), batch[:, 1:])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    callback = CarbonCallback(**SITE, output_dir=out) if tracked else None
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
+                         callbacks=[callback] if callback else [])
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    start = time.perf_counter()
+    with quiet():
+        trainer.fit(Module(), loader)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, **(_counts(callback.session) if callback else {})}
+
+
+def keras(steps: int, tracked: bool, out: Path) -> dict:
+    import keras as k
+    import numpy as np
+
+    from carbon_callbacks.keras import CarbonCallback
+    from carbon_callbacks.models.keras_gpt import build_gpt, loss_fn
+
+    cfg = config()
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, cfg.vocab_size, (cfg.batch_size, n + 1)).astype("int32") for n in lengths(steps)]
+
+    class Batches(k.utils.PyDataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data[i][:, :-1], data[i][:, 1:]
+
+    model = build_gpt(cfg)
+    model.compile(k.optimizers.SGD(0.01), loss_fn())
+    callback = CarbonCallback(**SITE, output_dir=out) if tracked else None
+    start = time.perf_counter()
+    with quiet():
+        model.fit(Batches(), epochs=1, verbose=0, shuffle=False, callbacks=[callback] if callback else [])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, **(_counts(callback.session) if callback else {})}
+
+
+def flax(steps: int, tracked: bool, out: Path) -> dict:
+    import jax
+    import optax
+    from flax.training import train_state
+
+    from carbon_callbacks.flax import track
+    from carbon_callbacks.models.flax_gpt import GPT, loss_fn
+
+    cfg = config()
+    model = GPT(cfg)
+    key = jax.random.PRNGKey(0)
+    batches = [jax.random.randint(jax.random.fold_in(key, i), (cfg.batch_size, n + 1), 0, cfg.vocab_size)
+               for i, n in enumerate(lengths(steps))]
+    params = model.init(key, batches[0][:, :-1])["params"]
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.01))
+
+    @jax.jit
+    def train_step(state, tokens, targets):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(state.apply_fn({"params": p}, tokens), targets))(
+            state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    step = track(train_step, **SITE, output_dir=out) if tracked else train_step
+    start = time.perf_counter()
+    with quiet():
+        for batch in batches:
+            state, metrics = step(state, batch[:, :-1], batch[:, 1:])
+        jax.block_until_ready(metrics)
+        if tracked:
+            step.close()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, **(_counts(step.session) if tracked else {})}
+
+
+def _counts(session) -> dict:
+    return {"direct_counts": session.flop_source.direct_counts,
+            "flops_method": session.summary()["info"].get("flops_method")}
+
+
+def child(name: str, steps: int, repeats: int) -> dict:
+    warnings.simplefilter("ignore")
+    run = {"lightning": lightning, "keras": keras, "flax": flax}[name]
+    bare, tracked, counts = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run(steps, False, Path(tmp) / "warm-bare")
+        run(steps, True, Path(tmp) / "warm-tracked")
+        for i in range(repeats):
+            bare.append(run(steps, False, Path(tmp) / f"bare{i}")["seconds"])
+            result = run(steps, True, Path(tmp) / f"tracked{i}")
+            tracked.append(result.pop("seconds"))
+            counts = result
+    return {"framework": name, "bare_s": bare, "tracked_s": tracked,
+            "ratio": statistics.median(tracked) / statistics.median(bare), "shapes": len(set(lengths(steps))),
+            **counts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="lightning,keras,flax")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.steps, args.repeats)))
+        return
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs; steps {args.steps}, "
+          f"repeats {args.repeats}")
+    print(f"{'adapter':<10} {'bare fit (s)':>13} {'tracked (s)':>12} {'ratio':>7} {'shapes':>7} {'traced':>7}")
+    for name in args.only.split(","):
+        env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--repeats",
+                               str(args.repeats)], env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(f"{name}: failed\n{proc.stderr[-3000:]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{name:<10} {statistics.median(r['bare_s']):>13.2f} {statistics.median(r['tracked_s']):>12.2f} "
+              f"{r['ratio']:>7.3f} {r['shapes']:>7} {r.get('direct_counts', '-'):>7}")
+        print(f"           flops_method: {r.get('flops_method')}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Hugging Face models nobody here wrote, built from configs (no download), trained through the Lightning callback.
+
+The module carries the model's `PretrainedConfig` (`module.model.config`), so model FLOPs, percent activated and
+the split by layer kind come from `TransformerConfig.from_hf`; hardware FLOPs come from the trace. Batches come
+with a new sequence length most steps (dynamic padding), as Hugging Face collators produce them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+pl = pytest.importorskip("pytorch_lightning")
+import torch  # noqa: E402
+
+from carbon_callbacks import TransformerConfig, read_run  # noqa: E402
+from carbon_callbacks.flops import transformer_flops  # noqa: E402
+from carbon_callbacks.lightning import CarbonCallback  # noqa: E402
+from carbon_callbacks.meters import ReplayMeter  # noqa: E402
+
+BATCH = 4
+LENGTHS = [12, 40, 17, 33, 64, 25, 50, 9]
+
+
+def gpt2():
+    return transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64)
+
+
+def mixtral(experts_per_token: int = 2):
+    return transformers.MixtralConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=96,
+                                      num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                      num_experts_per_tok=experts_per_token, vocab_size=128,
+                                      max_position_embeddings=64)
+
+
+class LitHF(pl.LightningModule):
+    def __init__(self, config) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = transformers.AutoModelForCausalLM.from_config(config)
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit(tmp_path, config):
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 128, (BATCH, n), generator=generator) for n in LENGTHS]
+    callback = CarbonCallback(intensity=0.5, pue=1.2, output_dir=tmp_path, log_every_n_steps=1,
+                              meter=ReplayMeter(energy_j=10.0, seconds=1.0, component="cpu"))
+    trainer = pl.Trainer(max_steps=len(LENGTHS), accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(LitHF(config), torch.utils.data.DataLoader(batches, batch_size=None))
+    summary, records = read_run(tmp_path)
+    return summary, records
+
+
+def analytic(config, length):
+    shape = TransformerConfig.from_hf(config, seq_len=length, batch_size=BATCH)
+    return transformer_flops(shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [gpt2, mixtral], ids=["gpt2", "mixtral"])
+def test_model_flops_of_every_length_are_the_analytic_count(tmp_path, make, capsys):
+    config = make()
+    summary, records = fit(tmp_path, config)
+    assert [r["model_flops"] for r in records] == [analytic(config, n).model_flops for n in LENGTHS]
+    assert summary["tokens"] == BATCH * sum(LENGTHS)
+    given = TransformerConfig.from_hf(config, seq_len=1)
+    assert summary["info"]["params_total"] == transformer_flops(given).params_total
+    assert summary["info"]["params_total"] == sum(p.numel() for p in LitHF(config).parameters())
+    assert summary["info"]["flops_method"].startswith("model: analytic")
+    report = capsys.readouterr().out  # the dense/sparse split of the energy, for the sparse model
+    assert ("energy by layer kind" in report and "sparse (MoE)" in report) == (make is mixtral)
+
+
+@pytest.mark.slow
+def test_gpt2_traced_hardware_flops_equal_the_analytic_count_at_every_length(tmp_path):
+    config = gpt2()
+    _, records = fit(tmp_path, config)
+    for record, n in zip(records, LENGTHS):
+        assert record["hardware_flops"] == pytest.approx(analytic(config, n).hardware_flops, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_mixtral_counts_routed_experts_only(tmp_path):
+    config = mixtral()
+    summary, records = fit(tmp_path, config)
+    expected = analytic(config, LENGTHS[0])
+    assert summary["info"]["percent_active"] == pytest.approx(expected.percent_active)
+    assert summary["info"]["percent_active"] < 100
+    # 2 of 4 experts per token: the experts' model FLOPs are half of what computing every expert would take.
+    every_expert = analytic(mixtral(experts_per_token=4), LENGTHS[0])
+    assert expected.breakdown["moe_experts"] * 2 == every_expert.breakdown["moe_experts"]
+    assert records[0]["model_flops"] == expected.model_flops

@@ -309,3 +309,24 @@ def test_a_failing_hook_warns_once_and_returns_none(tmp_path):
 def test_the_old_tracker_name_still_works_with_a_warning():
     with pytest.warns(DeprecationWarning, match="use carbon_callbacks.RunSession"):
         assert carbon_callbacks.Tracker is RunSession
+
+
+def test_a_second_run_of_the_same_model_keeps_its_counts_and_facts(tmp_path):
+    calls = []
+
+    def trace():
+        calls.append(1)
+        return carbon_callbacks.FlopCount(total=7_000, executed=7_000, method="traced:fake", framework="x",
+                                          includes_backward=True)
+
+    session, model = make(tmp_path), Model(TINY)
+    for _ in range(2):
+        session.start(model=model)
+        assert session.step_flops(lambda: "k", trace, lambda: (2, 8)).hardware_flops == 7_000
+        session.step_end()
+        info = session.finish()["info"]
+        assert info["flops_method"].startswith("model: analytic") and info["percent_active"] < 100
+    assert len(calls) == 1
+    model.flops_per_batch = 5.0  # a new source: counts start again
+    session.start(model=model)
+    assert session.step_flops(lambda: "k", trace, lambda: (2, 8)).model_flops == 5.0

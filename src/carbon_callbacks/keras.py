@@ -7,6 +7,7 @@ a batch's shape reaches us on each backend, the replica count of a distribution,
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 try:
@@ -24,6 +25,9 @@ from carbon_callbacks._run.step_flops import add_step_flops, token_shape
 #: progress bar redraws every batch), so this is Lightning's `Trainer(log_every_n_steps=50)` default,
 #: https://lightning.ai/docs/pytorch/stable/common/trainer.html#log-every-n-steps . Each epoch end also closes one.
 DEFAULT_LOG_EVERY_N_STEPS = 50
+#: Longest wait, in s, for a batch end Keras has queued but not yet run (each waits for its step only): at
+#: `finish`, and for the batch end before one that came out of order.
+PENDING_WAIT_S = 30.0
 
 
 def _replicas(model) -> tuple[int, int]:
@@ -120,15 +124,29 @@ class CarbonCallback(keras.callbacks.Callback):
             output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, dtype=dtype,
         )
         self.prog_bar = prog_bar
+        self._lock = threading.Condition()  # batch ends may run on Keras's worker threads, in any order
+        self._flops_by_batch: dict[int, object] = {}  # epoch's batch index -> its StepFlops, until its step ends
+        self._first_of: dict[int, int] = {}  # a train function call's end batch index -> its first one
+        self._trained = None  # the model, taken once per fit: on JAX, `self.model` syncs the trainer's state
+        self._observed_in_epoch = self._dispatched_in_epoch = 0
         self._seen_in_epoch = 0
         self._global_step = 0
         self._replicas = 1
-        self._pending: list = []
         self._original_train_function = None
         self._tf_element_spec = None
         self._tf_full_batch: int | None = None
         self._tf_samples: dict = {}
         self._samples_seen = 0
+
+    @property
+    def async_safe(self) -> bool:
+        """Keras may run `on_train_batch_end` on a worker thread (JAX, torch), so the loop never waits for us.
+
+        Each batch's FLOPs are counted on the main thread as the train function takes it, and matched to its step
+        by index; the batch end (under a lock) only adds them up. On TensorFlow the batch sizes come from the
+        loss metric's sample count, which the next step would already be moving: there the hook stays in line.
+        """
+        return keras.backend.backend() != "tensorflow"
 
     # ------------------------------------------------------------------------------------------- public
     @property
@@ -154,7 +172,9 @@ class CarbonCallback(keras.callbacks.Callback):
             The run's summary (the content of `run.json`), or `None` when no run was open.
         """
         self._restore_train_function()
-        return self.session.finish(status)
+        with self._lock:  # steps whose batch end is still queued on Keras's worker threads (after an exception)
+            self._lock.wait_for(lambda: self._seen_in_epoch >= self._dispatched_in_epoch, timeout=PENDING_WAIT_S)
+            return self.session.finish(status)
 
     def __enter__(self) -> CarbonCallback:
         return self
@@ -176,17 +196,18 @@ class CarbonCallback(keras.callbacks.Callback):
         if session.output_dir is not None:  # a later fit into the same directory continues its totals
             session.load_state_dict(session.state_dict())
         continued = session.output_dir is not None and session.summary_at_finish is not None
-        self._seen_in_epoch = self._global_step = 0
-        self._pending = []
-        self._replicas, accelerators = _replicas(self.model)
+        self._seen_in_epoch = self._global_step = self._observed_in_epoch = self._dispatched_in_epoch = 0
+        self._flops_by_batch, self._first_of = {}, {}
+        self._trained = self.model
+        self._replicas, accelerators = _replicas(self._trained)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         info = {"framework": f"keras {keras.__version__} ({keras.backend.backend()})", "replicas": self._replicas}
         try:
-            info.update(params_total=int(self.model.count_params()), params_source="counted: keras Model.count_params")
+            info.update(params_total=int(self._trained.count_params()), params_source="counted: keras Model.count_params")
         except Exception:  # an unbuilt model has no parameter count yet
             pass
         session.start(
-            model=self.model,
+            model=self._trained,
             output_dir=default_output_dir(),
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
             info=info,
@@ -198,54 +219,63 @@ class CarbonCallback(keras.callbacks.Callback):
 
     @guarded
     def on_epoch_begin(self, epoch, logs=None):
-        self._seen_in_epoch = self._samples_seen = 0  # Keras resets its metrics, the loss's sample count too
+        # Keras resets its metrics at each epoch's start, the loss's sample count too; the previous epoch's batch
+        # ends have all run (Keras waits for them before `on_epoch_end`).
+        self._seen_in_epoch = self._samples_seen = self._observed_in_epoch = self._dispatched_in_epoch = 0
 
     @guarded
     def on_train_batch_end(self, batch, logs=None):
         session = self.session
-        if not session.running:
-            return
-        limit = self.params.get("steps")
-        end = batch + 1 if not limit else min(batch + 1, limit)
-        num_steps = end - self._seen_in_epoch
-        if num_steps > 0:
-            self._seen_in_epoch = end
-            self._global_step += num_steps
-            loss = logs.get("loss") if logs else None
-            session.step_end(
-                flops=self._step_flops(num_steps),
-                loss=loss,
-                step=self._global_step,
-                num_steps=num_steps,
-                sync=None if loss is None or isinstance(loss, float) else lambda: float(loss),
-            )
-        if logs is not None:
-            logs.update(session.last_metrics)
+        with self._lock:
+            limit = self.params.get("steps")
+            end = batch + 1 if not limit else min(batch + 1, limit)
+            # Keras's worker threads may run batch ends out of order: each waits for the one before it.
+            first = self._first_of.pop(end, self._seen_in_epoch)
+            self._lock.wait_for(lambda: self._seen_in_epoch >= first, timeout=PENDING_WAIT_S)
+            if not session.running:
+                return
+            num_steps = end - self._seen_in_epoch
+            if num_steps > 0:
+                first, self._seen_in_epoch = self._seen_in_epoch, end
+                self._global_step += num_steps
+                loss = logs.get("loss") if logs else None
+                session.step_end(
+                    flops=self._step_flops(first, end),
+                    loss=loss,
+                    step=self._global_step,
+                    num_steps=num_steps,
+                    sync=None if loss is None or isinstance(loss, float) else lambda: float(loss),
+                )
+            if logs is not None:
+                logs.update(session.last_metrics)
+            self._lock.notify_all()
 
     @guarded
     def on_epoch_end(self, epoch, logs=None):
         session = self.session
-        if not session.running:
-            return
-        session.close_interval()
-        if logs is not None:
-            logs.update(session.last_metrics)
-        session.flush()  # a crash later leaves run.json and steps.jsonl as of this epoch
+        with self._lock:
+            if not session.running:
+                return
+            session.close_interval()
+            if logs is not None:
+                logs.update(session.last_metrics)
+            session.flush()  # a crash later leaves run.json and steps.jsonl as of this epoch
 
     @guarded
     def on_train_end(self, logs=None):
         self.finish("finished")
 
     # ------------------------------------------------------------------------------------------- FLOPs
-    def _step_flops(self, num_steps: int):
-        """FLOPs and tokens of the `num_steps` steps of the execution that just ended (`None`: unknown).
+    def _step_flops(self, first: int, end: int):
+        """FLOPs and tokens of the epoch's batches `first` to `end - 1`, which just ran (`None`: unknown).
 
-        JAX and torch: one count per batch the spy saw. TensorFlow: each step's batch size (`_tf_batch_sizes`)
-        and the dataset's element spec.
+        JAX and torch: each batch was counted as the train function took it (`_install_spy`). TensorFlow: each
+        step's batch size (`_tf_batch_sizes`) and the dataset's element spec.
         """
         if keras.backend.backend() != "tensorflow":
-            observed, self._pending = self._pending, []
-            return add_step_flops(self._flops_of(x) for x in observed) if observed else None
+            known = [self._flops_by_batch.pop(i, None) for i in range(first, end)]
+            return add_step_flops([f for f in known if f is not None]) if any(known) else None
+        num_steps = end - first
         sizes = self._tf_batch_sizes(num_steps)
         if sizes is None:
             return None
@@ -266,7 +296,7 @@ class CarbonCallback(keras.callbacks.Callback):
         key = _spec(x)
         return self.session.step_flops(
             lambda: key,
-            lambda: count(self.model, x, framework="keras"),
+            lambda: count(self._trained, x, framework="keras"),
             lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
         )
 
@@ -277,7 +307,7 @@ class CarbonCallback(keras.callbacks.Callback):
         count (Keras's `model._loss_tracker`, reset at each epoch's start): full batches, except a smaller last
         one when the epoch's data runs out (a ragged final batch).
         """
-        tracker = getattr(self.model, "_loss_tracker", None)
+        tracker = getattr(self._trained, "_loss_tracker", None)
         spec = self._tf_element_spec
         x_spec = spec[0] if isinstance(spec, tuple) else spec
         import tensorflow as tf
@@ -318,19 +348,24 @@ class CarbonCallback(keras.callbacks.Callback):
     def _install_spy(self) -> None:
         """Wraps `model.train_function` for this fit so that each batch's shape reaches the FLOP count.
 
-        JAX and torch hand the train function the batches (a list, or an iterator over them): each is noted on
-        its way in and counted after the step ran (counting inside the step would trace the model while Keras's
-        JAX trainer holds its variables). TensorFlow hands it a dataset iterator consumed inside the graph: the
-        wrapper keeps its element spec on the first call and removes itself.
+        JAX and torch hand the train function the batches (a list, or an iterator over them): each is counted on
+        its way in, on the main thread, before its step is dispatched (a lookup after the first batch of its
+        shape). The JAX count traces with the variables' shapes, not their values, on the model taken at the
+        fit's start: `Callback.model` would sync the trainer's state, whose arrays the step is donating.
+        TensorFlow hands it a dataset iterator consumed inside the graph: the wrapper keeps its element spec on
+        the first call and removes itself.
         """
         self._tf_element_spec, self._tf_full_batch, self._tf_samples = None, None, {}
-        original = getattr(self.model, "train_function", None)
+        original = getattr(self._trained, "train_function", None)
         if original is None:
             return
 
-        def observe(batch):
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            self._pending.append(x)
+        def observe(batch):  # runs inside the train function, on the main thread: it must never raise
+            index, self._observed_in_epoch = self._observed_in_epoch, self._observed_in_epoch + 1
+            try:
+                self._flops_by_batch[index] = self._flops_of(keras.utils.unpack_x_y_sample_weight(batch)[0])
+            except Exception as err:
+                self.session.hook_failed("counting a batch's FLOPs", err)
 
         if keras.backend.backend() == "tensorflow":
 
@@ -342,21 +377,25 @@ class CarbonCallback(keras.callbacks.Callback):
         else:
 
             def train_function(*args):
-                data = args[-1]
+                data, first = args[-1], self._observed_in_epoch
                 if isinstance(data, (list, tuple)):
                     for batch in data:
                         observe(batch)
                 else:
                     args = (*args[:-1], _ObservedIterator(data, observe))
-                return original(*args)
+                out = original(*args)
+                with self._lock:  # these batches' ends will come
+                    self._dispatched_in_epoch = self._observed_in_epoch
+                    self._first_of[self._observed_in_epoch] = first
+                return out
 
         self._original_train_function = original
-        self.model.train_function = train_function
+        self._trained.train_function = train_function
 
     def _restore_train_function(self) -> None:
         """Puts back the model's own train function (the next `fit` must not see our wrapper)."""
         if self._original_train_function is not None:
-            self.model.train_function = self._original_train_function
+            self._trained.train_function = self._original_train_function
             self._original_train_function = None
 
 

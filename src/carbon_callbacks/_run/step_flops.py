@@ -106,37 +106,42 @@ class StepFlopsSource:
         self._annotate = annotate
         self._cache: dict[Hashable, StepFlops | None] = {}
         self._fits: dict[Hashable, LengthFit] = {}
+        self._source: tuple = (None, None, None, None)  # (model, fixed, method, config) of the counts kept
+        self._facts: dict = {}  # what the counts found, for `run.json`'s `info`
         self.direct_counts = 0
-        self._annotated_config = False
         self.fixed: float | None = None
         self.method: str | None = None
         self.config = None
         self.traceable = True
 
     def reset(self, model: Any = None, *, traceable: bool = True, untraceable_reason: str = "") -> None:
-        """Chooses the source for a new run of `model` (the object the framework trains)."""
-        self._cache = {}
-        self._fits: dict[Hashable, LengthFit] = {}
-        self.direct_counts = 0  # steps traced so far: the counting cost
-        self._annotated_config = False
-        self.config = None
+        """Chooses the source for a new run of `model` (the object the framework trains).
+
+        A new run of the same model from the same source keeps the counts made so far (a second `fit` costs no
+        new trace) and what they found.
+        """
         attribute = getattr(model, "flops_per_batch", None) if model is not None else None
+        config = None
         if self.given is not None:
-            self.fixed = self.given
-            self.method = "given"
+            fixed, method = self.given, "given"
         elif attribute is not None and self._usable(attribute):
-            self.fixed = float(attribute)
             owner = getattr(model, "__qualname__", None) or type(model).__name__
-            self.method = f"given: {owner}.flops_per_batch"
+            fixed, method = float(attribute), f"given: {owner}.flops_per_batch"
         else:
-            self.fixed, self.method = None, None
-            self.config = find_model_config(model) if model is not None else None
-        self.traceable = traceable
-        if self.fixed is None and not traceable and self.config is None:
+            fixed, method = None, None
+            config = find_model_config(model) if model is not None else None
+        source = (model, fixed, method, config)
+        if model is None or model is not self._source[0] or source[1:] != self._source[1:]:
+            self._cache = {}
+            self._fits: dict[Hashable, LengthFit] = {}
+            self._facts: dict = {}
+            self.direct_counts = 0  # steps traced so far: the counting cost
+        self._source = source
+        self.fixed, self.method, self.config, self.traceable = fixed, method, config, traceable
+        if fixed is None and not traceable and config is None:
             self._warn_once("flops-untraceable", f"carbon-callbacks: {untraceable_reason} carbon/flops and MFU are "
                             "not reported; pass flops= or define `flops_per_batch`.")
-        if self.method is not None:
-            self._annotate(flops_method=self.method)
+        self._annotate(**({"flops_method": method} if method else {}), **self._facts)
 
     def _usable(self, attribute: Any) -> bool:
         """Whether a `flops_per_batch` attribute is a usable number; if not, warns once and the FLOPs are counted."""
@@ -192,7 +197,7 @@ class StepFlopsSource:
             model = float(analytic.model_flops)
             hardware = float(traced[0]) if traced is not None else float(analytic.hardware_flops)
             method = "model: analytic (activated experts); hardware: " + (traced[1] if traced else "analytic")
-        self._annotate(flops_method=method)
+        self._note(flops_method=method)
         log.info("carbon-callbacks: %s model, %s hardware FLOPs per step (%s)", model, hardware, method)
         return StepFlops(model, hardware, method, n_tokens)
 
@@ -223,6 +228,11 @@ class StepFlopsSource:
                          "length is counted directly")
         return result.total, result.method
 
+    def _note(self, **facts) -> None:
+        """Annotates the run with what a count found, and keeps it for a later run of the same model."""
+        self._facts.update(facts)
+        self._annotate(**facts)
+
     def _analytic(self, shape):
         """The exact count of the known config at this batch shape; `None` without a config.
 
@@ -234,10 +244,9 @@ class StepFlopsSource:
         from carbon_callbacks.flops.analytic import transformer_flops
 
         analytic = transformer_flops(dataclasses.replace(self.config, batch_size=shape[0], seq_len=shape[1]))
-        if not self._annotated_config:
-            self._annotated_config = True
+        if "params_total" not in self._facts:
             given = transformer_flops(self.config)
-            self._annotate(
+            self._note(
                 params_total=given.params_total,
                 params_active_per_token=given.params_active_per_token,
                 percent_active=given.percent_active,

@@ -29,8 +29,8 @@ def count(fn, *args, **kwargs) -> FlopCount:
 
         if not is_model:
             return _jax.count(fn, *args, **kwargs)
-        return _jax.count(_jax_model_step(fn, kwargs), [v.value for v in fn.trainable_variables],
-                          [v.value for v in fn.non_trainable_variables], *args)
+        return _jax.count(_jax_model_step(fn, kwargs), _abstract(fn.trainable_variables),
+                          _abstract(fn.non_trainable_variables), *args)
     if backend == "torch":
         from carbon_callbacks.flops import _torch
 
@@ -39,6 +39,14 @@ def count(fn, *args, **kwargs) -> FlopCount:
         torch_args = [keras.ops.convert_to_tensor(a) for a in args]
         return _torch.count_module(fn, torch_args, kwargs, try_meta=False)
     return count_tensorflow(fn, *args, **kwargs)
+
+
+def _abstract(variables) -> list:
+    """The variables' shapes and dtypes only: tracing needs no values, and Keras's JAX trainer may have taken them
+    off the model while a fit runs (`purge_model_variables`)."""
+    import jax
+
+    return [jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for v in variables]
 
 
 def _jax_model_step(model, kwargs):

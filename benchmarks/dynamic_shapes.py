@@ -4,7 +4,8 @@ The workload of issue 11: a 2-layer GPT (d_model 128, 4 heads, d_ff 512, vocabul
 whose length is drawn from 16-192 for every step, `--steps` steps. Each adapter runs in a process of its own
 (`--child`), bare and tracked fits interleaved `--repeats` times after one warm-up of each, so the machine's
 drift hits both alike. Reported: the median fit-time ratio (tracked / bare), the distinct shapes, and how many
-steps the FLOP counter traced directly (the rest came from the length polynomial, `_run/length_fit.py`).
+steps the FLOP counter traced directly (the rest came from the length polynomial, `_run/length_fit.py`). With the
+`[bench]` extra, the same fit under CodeCarbon's offline tracker joins each repeat (Lightning and Keras).
 
 Keras runs on the torch backend (the JAX backend recompiles the step for every new shape, with or without us).
 Flax jit-compiles every new shape: one jitted step serves every fit of the process, so the warm-up fits compile
@@ -50,7 +51,23 @@ def quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def lightning(steps: int, tracked: bool, out: Path) -> dict:
+@contextlib.contextmanager
+def codecarbon_around(enabled: bool):
+    """CodeCarbon's offline tracker started before and stopped after the fit (the `[bench]` extra)."""
+    if not enabled:
+        yield
+        return
+    from codecarbon import OfflineEmissionsTracker
+
+    tracker = OfflineEmissionsTracker(country_iso_code="USA", save_to_file=False, log_level="error")
+    tracker.start()
+    try:
+        yield
+    finally:
+        tracker.stop()
+
+
+def lightning(steps: int, tracked: bool, out: Path, codecarbon: bool = False) -> dict:
     import logging
 
     import pytorch_lightning as pl
@@ -81,13 +98,13 @@ def lightning(steps: int, tracked: bool, out: Path) -> dict:
                          callbacks=[callback] if callback else [])
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     start = time.perf_counter()
-    with quiet():
+    with quiet(), codecarbon_around(codecarbon):
         trainer.fit(Module(), loader)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, **(_counts(callback.session) if callback else {})}
 
 
-def keras(steps: int, tracked: bool, out: Path) -> dict:
+def keras(steps: int, tracked: bool, out: Path, codecarbon: bool = False) -> dict:
     import keras as k
     import numpy as np
 
@@ -109,7 +126,7 @@ def keras(steps: int, tracked: bool, out: Path) -> dict:
     model.compile(k.optimizers.SGD(0.01), loss_fn())
     callback = CarbonCallback(**SITE, output_dir=out) if tracked else None
     start = time.perf_counter()
-    with quiet():
+    with quiet(), codecarbon_around(codecarbon):
         model.fit(Batches(), epochs=1, verbose=0, shuffle=False, callbacks=[callback] if callback else [])
     seconds = time.perf_counter() - start
     return {"seconds": seconds, **(_counts(callback.session) if callback else {})}
@@ -168,7 +185,13 @@ def _counts(session) -> dict:
 def child(name: str, steps: int, repeats: int) -> dict:
     warnings.simplefilter("ignore")
     run = {"lightning": lightning, "keras": keras, "flax": flax}[name]
-    bare, tracked, counts = [], [], {}
+    try:
+        import codecarbon  # noqa: F401  (the [bench] extra)
+
+        peer = name != "flax"  # CodeCarbon has no JAX integration to compare with
+    except ImportError:
+        peer = False
+    bare, tracked, peer_s, counts = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         run(steps, False, Path(tmp) / "warm-bare")
         run(steps, True, Path(tmp) / "warm-tracked")
@@ -177,9 +200,11 @@ def child(name: str, steps: int, repeats: int) -> dict:
             result = run(steps, True, Path(tmp) / f"tracked{i}")
             tracked.append(result.pop("seconds"))
             counts = result
+            if peer:
+                peer_s.append(run(steps, False, Path(tmp) / f"cc{i}", codecarbon=True)["seconds"])
     return {"framework": name, "bare_s": bare, "tracked_s": tracked,
             "ratio": statistics.median(tracked) / statistics.median(bare), "shapes": len(set(lengths(steps))),
-            **counts}
+            "codecarbon_ratio": statistics.median(peer_s) / statistics.median(bare) if peer_s else None, **counts}
 
 
 def main() -> None:
@@ -194,7 +219,8 @@ def main() -> None:
         return
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs; steps {args.steps}, "
           f"repeats {args.repeats}")
-    print(f"{'adapter':<10} {'bare fit (s)':>13} {'tracked (s)':>12} {'ratio':>7} {'shapes':>7} {'traced':>7}")
+    print(f"{'adapter':<10} {'bare fit (s)':>13} {'tracked (s)':>12} {'ratio':>7} {'shapes':>7} {'traced':>7} "
+          f"{'CodeCarbon ratio':>17}")
     for name in args.only.split(","):
         env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--repeats",
@@ -204,7 +230,8 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{name:<10} {statistics.median(r['bare_s']):>13.2f} {statistics.median(r['tracked_s']):>12.2f} "
-              f"{r['ratio']:>7.3f} {r['shapes']:>7} {r.get('direct_counts', '-'):>7}")
+              f"{r['ratio']:>7.3f} {r['shapes']:>7} {r.get('direct_counts', '-'):>7} "
+              f"{'-' if r['codecarbon_ratio'] is None else format(r['codecarbon_ratio'], '.3f'):>17}")
         print(f"           flops_method: {r.get('flops_method')}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

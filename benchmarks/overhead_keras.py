@@ -9,6 +9,8 @@ a warm-up fit that compiles the step. Two times per fit:
   `on_train_batch_begin` and `on_epoch_end` takes it, so the baseline keeps Keras's asynchronous dispatch.
 - hook: `on_train_batch_end` alone, called 20,000 times as Keras calls it (µs per call, meter reads included).
 - fit: the whole `fit` call, which adds the callback's once-per-fit work (meter, run files, the printed report).
+- CodeCarbon: the same fit with `codecarbon.OfflineEmissionsTracker` started before and stopped after it (the
+  `[bench]` extra; skipped when it is not installed), in the same interleaved run.
 
 One callback instance serves every fit, as one long `fit` would: the FLOP count (a trace of the model, once per
 batch shape and callback) is paid in its first fit, reported apart as `first fit extra s`.
@@ -70,12 +72,20 @@ def worker(steps: int, repeats: int, size: str) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             self.seconds = time.perf_counter() - self.start
 
-    def one_fit(callback) -> tuple[float, float]:
+    def one_fit(callback, codecarbon: bool = False) -> tuple[float, float]:
         clock = Clock()
         callbacks = [callback] if callback is not None else []
         begin = time.perf_counter()
+        tracker = None
+        if codecarbon:  # CodeCarbon's tracker around the fit, offline (no network), as its docs show for Keras
+            from codecarbon import OfflineEmissionsTracker
+
+            tracker = OfflineEmissionsTracker(country_iso_code="USA", save_to_file=False, log_level="error")
+            tracker.start()
         with contextlib.redirect_stdout(io.StringIO()):
             model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0, callbacks=[*callbacks, clock])
+        if tracker is not None:
+            tracker.stop()
         return clock.seconds, time.perf_counter() - begin
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +95,13 @@ def worker(steps: int, repeats: int, size: str) -> dict:
         # One callback for every fit: its FLOP count (a trace, once per batch shape) is then paid once, here.
         callback = CarbonCallback(intensity=0.4)
         first_fit = one_fit(callback)[1]
-        base_steps, base_fit, with_steps, with_fit = [], [], [], []
+        try:
+            import codecarbon  # noqa: F401  (the [bench] extra)
+
+            peer = True
+        except ImportError:
+            peer = False
+        base_steps, base_fit, with_steps, with_fit, cc_steps, cc_fit = [], [], [], [], [], []
         for _ in range(repeats):
             s, f = one_fit(None)
             base_steps.append(s)
@@ -93,6 +109,10 @@ def worker(steps: int, repeats: int, size: str) -> dict:
             s, f = one_fit(callback)
             with_steps.append(s)
             with_fit.append(f)
+            if peer:
+                s, f = one_fit(None, codecarbon=True)
+                cc_steps.append(s)
+                cc_fit.append(f)
         # The hook alone, called as Keras calls it (default meter and interval: one meter read per 50 calls).
         hook = CarbonCallback(intensity=0.4, flops=1e9)
         hook.set_model(model)
@@ -117,6 +137,8 @@ def worker(steps: int, repeats: int, size: str) -> dict:
         "step_ms_with": 1e3 * statistics.median(with_steps) / steps,
         "step_ratio": statistics.median(with_steps) / statistics.median(base_steps),
         "fit_ratio": statistics.median(with_fit) / statistics.median(base_fit),
+        "codecarbon_step_ratio": statistics.median(cc_steps) / statistics.median(base_steps) if cc_steps else None,
+        "codecarbon_fit_ratio": statistics.median(cc_fit) / statistics.median(base_fit) if cc_fit else None,
     }
 
 
@@ -132,8 +154,8 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.steps, args.repeats, args.size)))
         return
     print("| backend | size | steps x repeats | ms/step without | ms/step with | step-time ratio | fit ratio "
-          "| first fit extra s | hook µs/call |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| first fit extra s | hook µs/call | CodeCarbon step ratio | CodeCarbon fit ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for backend in args.backends:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         command = [sys.executable, __file__, "--worker", "--steps", str(args.steps), "--repeats", str(args.repeats),
@@ -147,9 +169,13 @@ def main() -> None:
         print(
             f"| {r['backend']} | {r['size']} | {r['steps']} x {r['repeats']} | {r['step_ms_without']:.2f} | "
             f"{r['step_ms_with']:.2f} | {r['step_ratio']:.4f} | {r['fit_ratio']:.4f} | {r['first_fit_extra_s']:.2f} | "
-            f"{r['hook_us_per_call']:.1f} |",
+            f"{r['hook_us_per_call']:.1f} | {_ratio(r['codecarbon_step_ratio'])} | {_ratio(r['codecarbon_fit_ratio'])} |",
             flush=True,
         )
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

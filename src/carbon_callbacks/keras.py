@@ -136,17 +136,13 @@ class CarbonCallback(keras.callbacks.Callback):
         self._tf_element_spec = None
         self._tf_full_batch: int | None = None
         self._tf_samples: dict = {}
+        self._tf_spec_ok: bool | None = None
         self._samples_seen = 0
 
-    @property
-    def async_safe(self) -> bool:
-        """Keras may run `on_train_batch_end` on a worker thread (JAX, torch), so the loop never waits for us.
-
-        Each batch's FLOPs are counted on the main thread as the train function takes it, and matched to its step
-        by index; the batch end (under a lock) only adds them up. On TensorFlow the batch sizes come from the
-        loss metric's sample count, which the next step would already be moving: there the hook stays in line.
-        """
-        return keras.backend.backend() != "tensorflow"
+    #: Keras may run `on_train_batch_end` on a worker thread, so the train loop never waits for us: each batch's
+    #: FLOPs are counted on the main thread as the train function takes it and matched to its step by index; the
+    #: batch end (under a lock, in step order) only adds them up. See `docs/adapters.md`.
+    async_safe = True
 
     # ------------------------------------------------------------------------------------------- public
     @property
@@ -276,7 +272,7 @@ class CarbonCallback(keras.callbacks.Callback):
             known = [self._flops_by_batch.pop(i, None) for i in range(first, end)]
             return add_step_flops([f for f in known if f is not None]) if any(known) else None
         num_steps = end - first
-        sizes = self._tf_batch_sizes(num_steps)
+        sizes = self._tf_batch_sizes(end, num_steps)
         if sizes is None:
             return None
         per_step = []
@@ -300,30 +296,35 @@ class CarbonCallback(keras.callbacks.Callback):
             lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
         )
 
-    def _tf_batch_sizes(self, num_steps: int) -> list[int] | None:
-        """The global batch size of each of the `num_steps` steps that just ran on TensorFlow.
+    def _tf_batch_sizes(self, end: int, num_steps: int) -> list[int] | None:
+        """The global batch size of each of the `num_steps` steps, up to the epoch's batch `end`, on TensorFlow.
 
         The step is a graph fed by an iterator, so the sizes come from the growth of the loss metric's sample
-        count (Keras's `model._loss_tracker`, reset at each epoch's start): full batches, except a smaller last
-        one when the epoch's data runs out (a ragged final batch).
+        count (Keras's `model._loss_tracker`, reset at each epoch's start), read by the train function's wrapper
+        on the main thread after the first execution (the full batch size) and after the epoch's last one, where
+        the data may run out (a ragged final batch), or after every one when the epoch's length is unknown.
+        Reading it waits for the step, so it is read no more often.
         """
-        tracker = getattr(self._trained, "_loss_tracker", None)
-        spec = self._tf_element_spec
-        x_spec = spec[0] if isinstance(spec, tuple) else spec
-        import tensorflow as tf
+        if self._tf_spec_ok is None:
+            import tensorflow as tf
 
-        if tracker is None or spec is None or any(
-            None in s.shape[1:] for s in tf.nest.flatten(x_spec, expand_composites=True)
-        ):
+            spec = self._tf_element_spec
+            x_spec = spec[0] if isinstance(spec, tuple) else spec
+            self._tf_spec_ok = spec is not None and hasattr(self._trained, "_loss_tracker") and not any(
+                None in s.shape[1:] for s in tf.nest.flatten(x_spec, expand_composites=True))
+        seen = self._tf_counts.pop(end, None)
+        full = self._tf_full_batch
+        if not self._tf_spec_ok or (seen is None and full is None):
             self.session.warn_once("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown "
                                    "(or varies); carbon/flops and MFU are not reported. Pass flops= or set "
                                    "model.flops_per_batch, or use the JAX or torch backend.")
             return None
-        seen = int(keras.ops.convert_to_numpy(tracker.count))
+        if seen is None:
+            self._samples_seen += full * num_steps
+            return [full] * num_steps
         samples, self._samples_seen = seen - self._samples_seen, seen
-        if self._tf_full_batch is None:
-            self._tf_full_batch = max(round(samples / num_steps), 1)
-        full = self._tf_full_batch
+        if full is None:
+            full = self._tf_full_batch = max(round(samples / num_steps), 1)
         return [full] * (num_steps - 1) + [max(samples - full * (num_steps - 1), 1)]
 
     def _tf_sample(self, per_replica: int):
@@ -352,10 +353,11 @@ class CarbonCallback(keras.callbacks.Callback):
         its way in, on the main thread, before its step is dispatched (a lookup after the first batch of its
         shape). The JAX count traces with the variables' shapes, not their values, on the model taken at the
         fit's start: `Callback.model` would sync the trainer's state, whose arrays the step is donating.
-        TensorFlow hands it a dataset iterator consumed inside the graph: the wrapper keeps its element spec on
-        the first call and removes itself.
+        TensorFlow hands it a dataset iterator consumed inside the graph: the wrapper keeps its element spec and,
+        after the first execution and the epoch's last, the loss metric's sample count (`_tf_batch_sizes`).
         """
-        self._tf_element_spec, self._tf_full_batch, self._tf_samples = None, None, {}
+        self._tf_element_spec, self._tf_full_batch, self._tf_samples, self._tf_spec_ok = None, None, {}, None
+        self._tf_counts: dict[int, int] = {}  # epoch's batch index after an execution -> samples seen by then
         original = getattr(self._trained, "train_function", None)
         if original is None:
             return
@@ -371,8 +373,19 @@ class CarbonCallback(keras.callbacks.Callback):
 
             def train_function(iterator):
                 self._tf_element_spec = getattr(iterator, "element_spec", None)
-                self._restore_train_function()
-                return original(iterator)
+                first = self._observed_in_epoch
+                out = original(iterator)
+                end = self._observed_in_epoch = min(first + self._trained.steps_per_execution,
+                                                    self.params.get("steps") or float("inf"))
+                if self._tf_full_batch is None or end == self.params.get("steps") or not self.params.get("steps"):
+                    try:  # the loss metric's sample count, read here on the main thread before the next step
+                        self._tf_counts[end] = int(keras.ops.convert_to_numpy(self._trained._loss_tracker.count))
+                    except Exception as err:
+                        self.session.hook_failed("reading the batch size", err)
+                with self._lock:  # these steps' ends will come
+                    self._dispatched_in_epoch = end
+                    self._first_of[end] = first
+                return out
 
         else:
 

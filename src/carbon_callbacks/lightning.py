@@ -117,7 +117,6 @@ class CarbonCallback(pl.Callback):
         )
         self.prog_bar = bool(prog_bar)
         self._trainer = None
-        self._flops = None
         self._device_sync = None
 
     @property
@@ -153,28 +152,24 @@ class CarbonCallback(pl.Callback):
         )
 
     @guarded
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self.session.running:
-            return
-        self._flops = self.session.step_flops(
-            lambda: _batch_key(batch),
-            lambda: _count_step(pl_module, batch, batch_idx),
-            lambda: token_shape(_tensor_leaves(batch)),
-        )
-
-    @guarded
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         session = self.session
         if not session.running:
             return
+        flops = session.step_flops(  # counted once per batch shape; after the step, which it does not change
+            lambda: _batch_key(batch),
+            lambda: _count_step(pl_module, batch, batch_idx),
+            lambda: token_shape(_tensor_leaves(batch)),
+        )
         loop = trainer.fit_loop.epoch_loop
         accumulating = loop._should_accumulate() if hasattr(loop, "_should_accumulate") else False
         stepped = getattr(loop, "_batches_that_stepped", trainer.global_step)
         close = not accumulating and (stepped + 1) % session.interval == 0
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        keep_loss = close and isinstance(loss, torch.Tensor) and loss.numel() == 1  # read when the interval closes
         closed = session.step_end(
-            flops=self._flops,
-            loss=loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None,
+            flops=flops,
+            loss=loss.detach() if keep_loss else None,
             step=int(stepped) + 1,
             sync=self._device_sync,
             close=close,
@@ -185,8 +180,8 @@ class CarbonCallback(pl.Callback):
             session.sync(self._reduce_sum)
         if trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
             return
-        # One call for all values; float64, as Lightning would store a Python float as float32 and round
-        # kg-scale sums to 7 digits.
+        # In the same logger rows as the user's loss, on log steps only; float64, as Lightning would store a
+        # Python float as float32 and round kg-scale sums to 7 digits.
         values = {k: torch.tensor(v, dtype=torch.float64, device=pl_module.device)
                   for k, v in session.last_metrics.items()}
         pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=self.prog_bar, logger=True,

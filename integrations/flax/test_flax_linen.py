@@ -200,3 +200,45 @@ def test_default_run_directory_is_timestamped_under_carbon_runs(tmp_path, monkey
     assert step.run_dir.parent == Path("carbon-runs")
     summary, records = read_run(tmp_path / step.run_dir)
     assert summary["steps"] == 2 and len(records) == 1
+
+
+def test_an_exception_in_the_step_marks_the_run_failed(tmp_path):
+    with pytest.raises(TypeError):
+        with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path) as step:
+            state, _ = run(step, 2)
+            step(state, None)  # the user's step fails on a bad batch
+    summary, _ = read_run(tmp_path)
+    assert summary["status"] == "failed" and summary["steps"] == 2  # as Lightning and Keras write it
+
+
+def test_state_dict_resume_continues_the_totals(tmp_path):
+    first = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path / "a")
+    state, _ = run(first, 3)
+    saved = first.state_dict()  # the open interval (one step) is closed first: 3 steps, 2 windows
+    first.close()
+    resumed = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path / "b")
+    resumed.load_state_dict(saved)
+    run(resumed, 2, state=state)
+    summary = resumed.close()
+    assert summary["steps"] == 5
+    assert summary["total_model_flops"] == 5 * mlp_step_flops()
+    assert summary["it_energy_kwh"] == pytest.approx(3 * 90 / J_PER_KWH)  # 2 windows before, 1 after
+
+
+def test_a_bare_metrics_dict_gets_the_carbon_keys(tmp_path):
+    inner = make_linen_step()
+    step = track(lambda state, xy: inner(state, xy)[1], **SITE, meter=FixedMeter(), log_every_n_steps=1,
+                 output_dir=tmp_path)
+    metrics = step(linen_state(), batch())  # an NNX-style step: the model is updated in place, metrics returned
+    assert {"loss", *BASE_KEYS, "carbon/flops"} <= set(metrics)
+    assert metrics["carbon/energy_kwh"] == 90 * 1.2 / J_PER_KWH
+    step.close()
+
+
+def test_summary_before_close_covers_every_completed_step(tmp_path):
+    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=50, output_dir=tmp_path)
+    run(step, 3)
+    summary = step.summary()  # no interval has closed yet: the session closes the open one
+    assert summary["steps"] == 3 and summary["status"] == "running"
+    assert summary["total_model_flops"] == 3 * mlp_step_flops()
+    assert step.close()["steps"] == 3

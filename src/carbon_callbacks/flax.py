@@ -21,7 +21,7 @@ import functools
 import math
 import struct
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._run.files import default_output_dir
 from carbon_callbacks._run.session import RunSession, guarded, status_for
 from carbon_callbacks._run.step_flops import StepFlops, find_model_config, token_shape
+from carbon_callbacks._run.step_output import add_metrics, find_loss
 
 try:
     import jax
@@ -113,46 +114,6 @@ def _count_params(args: tuple) -> int | None:
     return None
 
 
-def _with_carbon(metrics: Mapping, carbon: dict[str, float]) -> Mapping:
-    """`metrics` with the `carbon` keys added: in place for a plain dict, else a rebuilt mapping."""
-    if type(metrics) is dict:
-        metrics.update(carbon)  # the step returned a fresh dict: adding keys costs nothing else
-        return metrics
-    merged = {**metrics, **carbon}
-    try:
-        return type(metrics)(merged)  # FrozenDict and other mappings built from a dict
-    except Exception:  # a mapping type that cannot be rebuilt from a dict: hand back a plain dict
-        return merged
-
-
-def _add_metrics(out: Any, carbon: dict[str, float]) -> Any:
-    """Adds `carbon` to the step's metrics: a bare metrics dict (common with NNX), or the dict that ends a tuple."""
-    if isinstance(out, Mapping):
-        return _with_carbon(out, carbon)
-    if not isinstance(out, tuple) or not out or not isinstance(out[-1], Mapping):
-        return out
-    merged = _with_carbon(out[-1], carbon)
-    if merged is out[-1]:
-        return out
-    if hasattr(out, "_fields"):  # a NamedTuple
-        return type(out)(*out[:-1], merged)
-    return (*out[:-1], merged)
-
-
-def _find_loss(out: Any) -> Any:
-    """The scalar `loss` entry of the step's metrics dict, left on the device.
-
-    The session keeps it as it is and converts it to a float only when the interval closes, after the device
-    sync, so reading the loss never makes a step wait.
-    """
-    metrics = out if isinstance(out, Mapping) else out[-1] if isinstance(out, tuple) and out else None
-    if isinstance(metrics, Mapping):
-        loss = metrics.get("loss")
-        if isinstance(loss, (int, float)) or getattr(loss, "shape", None) == ():
-            return loss
-    return None
-
-
 def _token_leaves(args: tuple):
     """(shape, is_integer) of the step's array arguments, for the batch's token ids."""
     for leaf in jax.tree_util.tree_leaves(args):
@@ -223,14 +184,14 @@ class TrackedStep:
         self._last_out = out
         if session.pending_steps + 1 >= session.interval:  # the only wait for the device: once per interval
             jax.block_until_ready(out)
-        if session.step_end(flops=flops, loss=_find_loss(out), step=self.counters.steps):
+        if session.step_end(flops=flops, loss=find_loss(out), step=self.counters.steps):
             if session.world_size > 1:
                 session.sync(_process_sum)
             self._last_metrics.update(session.last_metrics)
             self.counters = self.counters._replace(intervals=self.counters.intervals + 1)
         if flops is not None and flops.model_flops is not None:
             self._last_metrics["carbon/flops"] = flops.model_flops  # this step's own count, exact
-        return _add_metrics(out, self._last_metrics)
+        return add_metrics(out, self._last_metrics)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     @guarded

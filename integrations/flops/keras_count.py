@@ -1,4 +1,5 @@
-"""Counts the Keras reference GPT (and CNN) on the backend of `KERAS_BACKEND`; prints one JSON object.
+"""Counts the Keras reference GPT (and CNN, and keras.applications' MobileNetV2) on the backend of `KERAS_BACKEND`;
+prints one JSON object.
 
 Run as `KERAS_BACKEND=jax python integrations/flops/keras_count.py dense switch top2:dense_dispatch cnn`; used by the
 Keras and cross-framework tests (one process per backend: Keras picks its backend at import).
@@ -22,6 +23,14 @@ def main(names: list[str]) -> None:
 
     out = {"backend": keras.backend.backend(), "counts": {}}
     for name in names:
+        if name == "mobilenetv2":  # a model nobody here wrote: keras.applications, no weights downloaded
+            keras.utils.set_random_seed(0)
+            model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35)
+            import numpy as np
+
+            result = count(model, np.zeros((2, 32, 32, 3), "float32"))
+            out["counts"][name] = {**result.to_dict(), "params": int(model.count_params())}
+            continue
         if name == "cnn":
             from carbon_callbacks.models.cnn_config import CNN
             from carbon_callbacks.models.keras_cnn import build_cnn

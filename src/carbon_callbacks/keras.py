@@ -199,7 +199,8 @@ class CarbonCallback(keras.callbacks.Callback):
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         info = {"framework": f"keras {keras.__version__} ({keras.backend.backend()})", "replicas": self._replicas}
         try:
-            info.update(params_total=int(self._trained.count_params()), params_source="counted: keras Model.count_params")
+            info.update(params_total=int(self._trained.count_params()),
+                        params_source="counted: keras Model.count_params")
         except Exception:  # an unbuilt model has no parameter count yet
             pass
         session.start(
@@ -228,23 +229,24 @@ class CarbonCallback(keras.callbacks.Callback):
             # Keras's worker threads may run batch ends out of order: each waits for the one before it.
             first = self._first_of.pop(end, self._seen_in_epoch)
             self._lock.wait_for(lambda: self._seen_in_epoch >= first, timeout=PENDING_WAIT_S)
-            if not session.running:
-                return
             num_steps = end - self._seen_in_epoch
-            if num_steps > 0:
-                first, self._seen_in_epoch = self._seen_in_epoch, end
-                self._global_step += num_steps
-                loss = logs.get("loss") if logs else None
-                session.step_end(
-                    flops=self._step_flops(first, end),
-                    loss=loss,
-                    step=self._global_step,
-                    num_steps=num_steps,
-                    sync=None if loss is None or isinstance(loss, float) else lambda: float(loss),
-                )
-            if logs is not None:
-                logs.update(session.last_metrics)
-            self._lock.notify_all()
+            try:
+                if num_steps > 0 and session.running:
+                    first, self._seen_in_epoch = self._seen_in_epoch, end
+                    self._global_step += num_steps
+                    loss = logs.get("loss") if logs else None
+                    session.step_end(
+                        flops=self._step_flops(first, end),
+                        loss=loss,
+                        step=self._global_step,
+                        num_steps=num_steps,
+                        sync=None if loss is None or isinstance(loss, float) else lambda: float(loss),
+                    )
+                if logs is not None and session.running:
+                    logs.update(session.last_metrics)
+            finally:
+                self._seen_in_epoch = max(self._seen_in_epoch, end)  # the next batch end may go on
+                self._lock.notify_all()
 
     @guarded
     def on_epoch_end(self, epoch, logs=None):

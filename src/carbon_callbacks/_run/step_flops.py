@@ -2,8 +2,8 @@
 
 The order is the same in every adapter: `flops=` given by the user > a `flops_per_batch` attribute of the model >
 the analytic count of a model config we know (model FLOPs: activated experts only) with the trace for hardware
-FLOPs > the trace alone. Counting happens once per distinct batch shape (and, for token batches of many lengths, at a few lengths only:
-`length_fit`); every later step is a dict lookup.
+FLOPs > the trace alone. Counting happens once per distinct batch shape (for token batches of many lengths, at a
+few lengths only: `length_fit`); every later step is a dict lookup.
 """
 
 from __future__ import annotations

@@ -227,12 +227,12 @@ class CarbonCallback(keras.callbacks.Callback):
             limit = self.params.get("steps")
             end = batch + 1 if not limit else min(batch + 1, limit)
             # Keras's worker threads may run batch ends out of order: each waits for the one before it.
-            first = self._first_of.pop(end, self._seen_in_epoch)
-            self._lock.wait_for(lambda: self._seen_in_epoch >= first, timeout=PENDING_WAIT_S)
-            num_steps = end - self._seen_in_epoch
+            before = self._first_of.pop(end, self._seen_in_epoch)
+            self._lock.wait_for(lambda: self._seen_in_epoch >= before, timeout=PENDING_WAIT_S)
+            first = self._seen_in_epoch
+            num_steps = end - first
             try:
                 if num_steps > 0 and session.running:
-                    first, self._seen_in_epoch = self._seen_in_epoch, end
                     self._global_step += num_steps
                     loss = logs.get("loss") if logs else None
                     session.step_end(

@@ -8,7 +8,6 @@ The chips' embodied (manufacturing) share is printed beside the operational CO2e
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._paper.estimate import estimate
@@ -64,15 +63,9 @@ def _hf_config(args):
     """The `TransformerConfig` of `--hf-config` with the workload flags (TransformerConfig.from_hf)."""
     from carbon_callbacks.flops.analytic import TransformerConfig
 
-    path = Path(args.hf_config)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InvalidInputError(f"--hf-config: cannot read {str(path)!r} ({err.strerror or err}).") from None
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"--hf-config: {str(path)!r} is not JSON ({err}).") from None
-    if not isinstance(values, dict):
-        raise InvalidInputError(f"--hf-config: {str(path)!r} holds a {type(values).__name__}, not a config object.")
+    from carbon_callbacks.cli.flops import read_hf_config
+
+    values = read_hf_config(args.hf_config)
     workload = {k: v for k, v in (("seq_len", args.seq_len), ("decoder_seq_len", args.decoder_seq_len)) if v}
     return TransformerConfig.from_hf(values, **workload)
 

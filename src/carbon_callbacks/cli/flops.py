@@ -119,6 +119,20 @@ def _checked_numbers(args) -> dict:
     return values
 
 
+def read_hf_config(path: str) -> dict:
+    """The object of a `config.json` given as `--hf-config`; an unreadable or non-object file names the flag."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InvalidInputError(f"--hf-config: cannot read {str(path)!r} ({err.strerror or err}).") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"--hf-config: {str(path)!r} is not JSON ({err}).") from None
+    if not isinstance(values, dict):
+        raise InvalidInputError(f"--hf-config: {str(path)!r} holds a {type(values).__name__}, not a config object.")
+    return values
+
+
 def hf_config_from_args(args) -> TransformerConfig:
     """The `TransformerConfig` of `--hf-config`, with the workload flags."""
     given = [flag for name, flag in _SHAPE_FLAGS.items() if getattr(args, name) not in (None, False)]
@@ -127,15 +141,7 @@ def hf_config_from_args(args) -> TransformerConfig:
             f"{', '.join(given)}: the shape comes from --hf-config; drop these flags (only --batch, --seq-len, "
             "--decoder-seq-len, --capacity-factor, --moe-impl and --causal combine with it)."
         )
-    path = Path(args.hf_config)
-    try:
-        values = json.loads(path.read_text())
-    except OSError as err:
-        raise InvalidInputError(f"--hf-config: cannot read {str(path)!r} ({err.strerror or err}).") from None
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"--hf-config: {str(path)!r} is not JSON ({err}).") from None
-    if not isinstance(values, dict):
-        raise InvalidInputError(f"--hf-config: {str(path)!r} holds a {type(values).__name__}, not a config object.")
+    values = read_hf_config(args.hf_config)
     numbers = _checked_numbers(args)
     workload = {name: numbers[name] for name in ("seq_len", "batch_size", "decoder_seq_len", "capacity_factor")
                 if name in numbers}

@@ -132,7 +132,7 @@ def keras(steps: int, tracked: bool, out: Path, codecarbon: bool = False) -> dic
     return {"seconds": seconds, **(_counts(callback.session) if callback else {})}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flax_setup(steps: int):
     """The model, its batches and one jitted step shared by every fit, so each shape compiles once per process
     (in the warm-up fits) and the timed fits compare running, not compiling."""
@@ -178,8 +178,8 @@ def flax(steps: int, tracked: bool, out: Path) -> dict:
 
 
 def _counts(session) -> dict:
-    return {"direct_counts": session.flop_source.direct_counts,
-            "flops_method": session.summary()["info"].get("flops_method")}
+    info = session.summary()["info"]
+    return {"direct_counts": info.get("flops_counts"), "flops_method": info.get("flops_method")}
 
 
 def child(name: str, steps: int, repeats: int) -> dict:

@@ -29,9 +29,9 @@ import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from carbon_callbacks._reports.format import text_table  # noqa: E402
 from carbon_callbacks.flops import TransformerConfig, count, transformer_flops  # noqa: E402
 from carbon_callbacks.flops._jax import xla_flops  # noqa: E402
-from carbon_callbacks._reports.format import text_table  # noqa: E402
 from carbon_callbacks.models import flax_cnn, flax_gpt, keras_cnn, keras_gpt, torch_cnn, torch_gpt  # noqa: E402
 from carbon_callbacks.models.cnn_config import CNN, cnn_flops  # noqa: E402
 from carbon_callbacks.models.config import VARIANTS  # noqa: E402

@@ -52,9 +52,6 @@ def cpu_share_percent(seconds: float) -> float:
     return (time.process_time() - before) / seconds * 100
 
 
-    return NvmlMeter(sample_s=0.1) if not sampled else NvmlMeter(sample_s=0.1)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=20000)
@@ -66,7 +63,8 @@ def main() -> int:
     rows.append(("ModeledCpuMeter", ModeledCpuMeter(tdp_w=100.0)))
     rows.append(("ModeledCpuMeter + DRAM", ModeledCpuMeter(tdp_w=100.0, dram_w_per_gb=0.375)))
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("RaplMeter (2 sockets x pkg+dram, tree on disk)", RaplMeter(fake_rapl_tree(Path(tmp)), poll_s=None)))
+        tree = fake_rapl_tree(Path(tmp))
+        rows.append(("RaplMeter (2 sockets x pkg+dram, tree on disk)", RaplMeter(tree, poll_s=None)))
         try:
             rows.append(("RaplMeter (this machine's /sys)", RaplMeter(poll_s=None)))
         except SensorUnavailableError as err:

@@ -2,8 +2,8 @@
 
 For each model size, the same jitted step runs `--steps` steps bare and `--steps` steps wrapped by `track` (default
 meter, default 50-step interval), back to back in alternating order, `--repeats` times after a warm-up; the
-overhead is the median of the pairs' ratios. A third measurement times the wrapper alone around a Python no-op step with the
-same arguments, which gives its cost per step in microseconds without the noise of the step itself.
+overhead is the median of the pairs' ratios. A third measurement times the wrapper alone around a Python no-op step
+with the same arguments, which gives its cost per step in microseconds without the noise of the step itself.
 
 Usage: python benchmarks/overhead_flax.py [--steps 200] [--repeats 5] [--markdown]
 """
@@ -110,7 +110,8 @@ def measure(name: str, config, steps: int, repeats: int, out_dir: str) -> dict:
             out.append(seconds)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        summary = tracked.close()
+        tracked.close()
+        summary = tracked.summary()
 
     # The wrapper alone, around Python no-op steps with the same (state, tokens, targets) tree (no device work):
     # one that looks jitted (a `_cache_size()` that stays 1 after the first call: the fast path, which skips the

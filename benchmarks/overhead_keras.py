@@ -169,7 +169,8 @@ def main() -> None:
         print(
             f"| {r['backend']} | {r['size']} | {r['steps']} x {r['repeats']} | {r['step_ms_without']:.2f} | "
             f"{r['step_ms_with']:.2f} | {r['step_ratio']:.4f} | {r['fit_ratio']:.4f} | {r['first_fit_extra_s']:.2f} | "
-            f"{r['hook_us_per_call']:.1f} | {_ratio(r['codecarbon_step_ratio'])} | {_ratio(r['codecarbon_fit_ratio'])} |",
+            f"{r['hook_us_per_call']:.1f} | {_ratio(r['codecarbon_step_ratio'])} | "
+            f"{_ratio(r['codecarbon_fit_ratio'])} |",
             flush=True,
         )
 

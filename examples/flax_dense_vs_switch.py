@@ -52,10 +52,9 @@ def train(name: str, config: GPTConfig) -> dict:
     # Model FLOPs of an MoE count the routed experts only: give them from the analytic counter.
     counted = transformer_flops(config)
     step = track(train_step, region="us-average", pue=1.1, dtype="fp32", output_dir=OUT / name,
-                 log_every_n_steps=20, flops=counted.model_flops)
+                 log_every_n_steps=20, flops=counted.model_flops, total_steps=STEPS)  # projected after 20%
     step.session.annotate(params_total=counted.params_total, percent_active=counted.percent_active,
                           params_source="analytic: transformer_flops(config)")
-    step.session.total_steps = STEPS  # the projection of the run's total after 20% of it
     state = (params, optimizer.init(params))
     with step:
         for i, (tokens, targets) in enumerate(text_batches(config), start=1):

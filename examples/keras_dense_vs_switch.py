@@ -46,7 +46,7 @@ def train(name: str, config: GPTConfig) -> tuple[dict, dict]:
 
 if __name__ == "__main__":
     results = {name: train(name, config) for name, config in (("dense", DENSE), ("switch", SWITCH))}
-    for name, (summary, history) in results.items():
+    for name, (_, history) in results.items():
         carbon = {k: v[-1] for k, v in history.items() if k.startswith("carbon/")}
         print(f"{name:7s} loss {history['loss'][-1]:.3f}  " + "  ".join(f"{k} {v:.4g}" for k, v in carbon.items()))
     dense, switch = results["dense"][0], results["switch"][0]

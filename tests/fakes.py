@@ -1,6 +1,20 @@
-"""Fakes shared by the unit tests (imported as `from fakes import ...`)."""
+"""Every fake of the test suite, at the hardware's boundary: a clock, NVML's functions, a RAPL powercap tree on disk,
+a /proc/cpuinfo, and meters that replay fixed energy or fail like an unplugged sensor.
+
+Imported as `from fakes import ...` by tests/ and integrations/ alike (pytest puts tests/ on the path). `pynvml`
+is imported only when an NVML fake is used, so the unit tests import no optional package.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import pathlib
+import types
+from unittest import mock
+
+from carbon_callbacks.meters import ReplayMeter
+
+MAX_UJ = 262143328850
 
 
 class FakeClock:
@@ -11,3 +25,143 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class FakeGpu:
+    """One board as NVML reports it."""
+
+    def __init__(self, uuid, *, energy_mj=0, power_mw=100_000, counter=True, limit_mw=400_000, name="NVIDIA H100"):
+        self.uuid, self.energy_mj, self.power_mw = uuid, energy_mj, power_mw
+        self.counter, self.limit_mw, self.name = counter, limit_mw, name
+        self.error = None  # an NVML error code every call raises from now on
+
+
+class FakeNvml:
+    """Patches the pynvml functions the meter calls, each with autospec, over a list of fake GPUs."""
+
+    def __init__(self, gpus, migs=None, init_error=None):
+        self.gpus, self.migs, self.init_error = gpus, migs or {}, init_error
+        self.by_handle = {f"handle-{i}": g for i, g in enumerate(gpus)}
+        self.shutdowns = 0
+
+    def _gpu(self, handle):
+        import pynvml
+
+        gpu = self.by_handle[handle]
+        if gpu.error is not None:
+            raise pynvml.NVMLError(gpu.error)
+        return gpu
+
+    def _init(self):
+        import pynvml
+
+        if self.init_error is not None:
+            raise pynvml.NVMLError(self.init_error)
+
+    def _shutdown(self):
+        self.shutdowns += 1
+
+    def _by_uuid(self, uuid):
+        import pynvml
+
+        if uuid in self.migs:
+            return uuid
+        for handle, gpu in self.by_handle.items():
+            if gpu.uuid == uuid:
+                return handle
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def _energy(self, handle):
+        import pynvml
+
+        gpu = self._gpu(handle)
+        if not gpu.counter:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.energy_mj
+
+    @contextlib.contextmanager
+    def patched(self):
+        import pynvml
+
+        fakes = {
+            "nvmlInit": self._init,
+            "nvmlShutdown": self._shutdown,
+            "nvmlDeviceGetCount": lambda: len(self.gpus),
+            "nvmlDeviceGetHandleByIndex": lambda i: f"handle-{i}",
+            "nvmlDeviceGetHandleByUUID": self._by_uuid,
+            "nvmlDeviceGetUUID": lambda h: self.by_handle[h].uuid,
+            "nvmlDeviceGetName": lambda h: self.by_handle[h].name,
+            "nvmlDeviceGetTotalEnergyConsumption": self._energy,
+            "nvmlDeviceGetPowerUsage": lambda h: self._gpu(h).power_mw,
+            "nvmlDeviceGetEnforcedPowerLimit": lambda h: self._gpu(h).limit_mw,
+            "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": lambda m: self.migs[m][0],
+            "nvmlDeviceGetAttributes": lambda m: types.SimpleNamespace(gpuInstanceSliceCount=self.migs[m][1]),
+            "nvmlDeviceGetMaxMigDeviceCount": lambda h: 7,
+        }
+        with contextlib.ExitStack() as stack:
+            for name, fake in fakes.items():
+                stack.enter_context(mock.patch.object(pynvml, name, autospec=True, side_effect=fake))
+            yield self
+
+
+def zone(root, name: str, label: str, energy_uj: int, max_uj: int = MAX_UJ) -> pathlib.Path:
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "name").write_text(label + "\n")
+    (path / "energy_uj").write_text(f"{energy_uj}\n")
+    (path / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return path
+
+
+def set_uj(root, name: str, energy_uj: int) -> None:
+    (root / name / "energy_uj").write_text(f"{energy_uj}\n")
+
+
+def two_socket_powercap(root: pathlib.Path) -> pathlib.Path:
+    """The flat layout of /sys/class/powercap under `root`: packages, their sub-zones, and zones to skip."""
+    root = root / "powercap"
+    (root / "intel-rapl").mkdir(parents=True)  # the control type, no counter
+    zone(root, "intel-rapl:0", "package-0", 1_000_000)
+    zone(root, "intel-rapl:0:0", "core", 500_000)
+    zone(root, "intel-rapl:0:1", "dram", 2_000_000)
+    zone(root, "intel-rapl:1", "package-1", 3_000_000)
+    zone(root, "intel-rapl:1:0", "dram", 4_000_000)
+    zone(root, "intel-rapl:2", "psys", 9_000_000)
+    zone(root, "intel-rapl-mmio:0", "package-0", 7_000_000)
+    return root
+
+
+#: A /proc/cpuinfo of two sockets with two logical CPUs each.
+CPUINFO = """processor\t: 0
+model name\t: Test CPU 9000 64-Core Processor
+physical id\t: 0
+
+processor\t: 1
+model name\t: Test CPU 9000 64-Core Processor
+physical id\t: 0
+
+processor\t: 2
+model name\t: Test CPU 9000 64-Core Processor
+physical id\t: 1
+
+processor\t: 3
+model name\t: Test CPU 9000 64-Core Processor
+physical id\t: 1
+"""
+
+
+class FixedMeter(ReplayMeter):
+    """A fake sensor: every window holds `joules` of GPU energy over `seconds`, labelled measured.
+
+    With `fail_after`, every window after the first `fail_after` raises, as an unplugged sensor's driver would.
+    """
+
+    def __init__(self, joules: float = 90.0, seconds: float = 3.0, fail_after: int | None = None) -> None:
+        super().__init__(energy_j=joules, seconds=seconds, component="gpu", method="measured:nvml")
+        self.fail_after = fail_after
+
+    def end_window(self, key):
+        measurement = super().end_window(key)
+        if self.fail_after is not None and self.windows_ended > self.fail_after:
+            raise OSError("sensor unplugged")
+        return measurement

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import jax
 import pytest
-from flax_support import SITE, FixedMeter, batch, linen_state, make_linen_step, mlp_step_flops
 
 import carbon_callbacks.flax as cflax
 from carbon_callbacks import InvalidInputError, read_run
-from carbon_callbacks.flax import BASE_KEYS, track
+from carbon_callbacks._warnings import CarbonCallbacksWarning
+from carbon_callbacks.flax import track
+
+from flax_support import BASE_KEYS, SITE, FixedMeter, batch, closed, linen_state, make_linen_step, mlp_step_flops
 
 J_PER_KWH = 3.6e6
 
@@ -49,7 +50,8 @@ def test_co2e_is_energy_times_intensity(tmp_path):
     assert last["carbon/co2e_kg"] == last["carbon/energy_kwh"] * 0.5
     assert last["carbon/co2e_net_kg"] == last["carbon/energy_kwh"] * 0.2
     assert last["carbon/step_time_s"] == 1.5  # 3 s per 2-step interval
-    summary = step.close()
+    step.close()
+    summary = step.summary()
     assert summary["steps"] == 4 and summary["world_size"] == 1 and summary["status"] == "finished"
     assert summary["gross_co2e_kg"] == pytest.approx(last["carbon/co2e_kg"], rel=1e-12)
     assert summary["total_model_flops"] == 4 * mlp_step_flops()
@@ -59,7 +61,7 @@ def test_mfu_with_a_known_chip(tmp_path):
     step = track(make_linen_step(), **SITE, chip="a100", dtype="bf16", meter=FixedMeter(seconds=2.0),
                  log_every_n_steps=2, output_dir=tmp_path)
     _, history = run(step, 2)
-    peak = step.session.accountant.peak_flops
+    peak = step.summary()["peak_flops_per_chip"]
     assert math.isnan(history[0]["carbon/mfu"])
     assert history[1]["carbon/mfu"] == pytest.approx(mlp_step_flops() / 1.0 / peak, rel=1e-12)
     step.close()
@@ -103,7 +105,7 @@ def test_alternating_batch_shapes_get_their_own_flops(tmp_path):
         state, metrics = step(state, batch(size=size))
         assert metrics["carbon/flops"] == mlp_step_flops(batch=size)
     assert step.counters.signatures == 2
-    assert step.close()["total_model_flops"] == sum(mlp_step_flops(batch=size) for size in sizes)
+    assert closed(step)["total_model_flops"] == sum(mlp_step_flops(batch=size) for size in sizes)
 
 
 def test_donation_is_kept(tmp_path):
@@ -128,7 +130,7 @@ def test_close_writes_run_files_and_prints_the_report(tmp_path, capsys):
     assert records[-1]["loss"] is not None
     assert summary["info"]["flops_method"].startswith("traced")
     assert "carbon-callbacks: 5 steps, status finished" in capsys.readouterr().out
-    assert step.close() is step.summary()  # closing twice changes nothing
+    assert step.close() == step.metrics() and step.summary() is step.summary()  # closing twice changes nothing
 
 
 def test_an_exception_in_the_loop_marks_the_run_interrupted(tmp_path):
@@ -148,7 +150,7 @@ def test_outputs_without_a_metrics_dict_are_untouched(tmp_path):
     assert type(state).__name__ == "TrainState"
     assert step.metrics()["carbon/flops"] == 1e6
     assert step.metrics()["carbon/energy_kwh"] == 90 * 1.2 / J_PER_KWH
-    assert step.close()["info"]["flops_method"] == "given"
+    assert closed(step)["info"]["flops_method"] == "given"
 
 
 def test_missing_location_fails_at_construction():
@@ -172,12 +174,13 @@ def test_a_failing_flop_count_warns_once_and_training_goes_on(tmp_path, monkeypa
 
     monkeypatch.setattr(carbon_callbacks.flops, "count", broken)
     step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=1, output_dir=tmp_path)
-    with pytest.warns(RuntimeWarning, match="tracer exploded") as caught:
+    with pytest.warns(CarbonCallbacksWarning, match="tracer exploded") as caught:
         _, history = run(step, 3, xy=batch(size=2))
         run(step, 1, xy=batch(size=3))  # a new signature fails again, silently
     assert sum("counting a training step's FLOPs failed" in str(w.message) for w in caught) == 1
-    assert set(history[-1]) == {"loss", *BASE_KEYS}
-    assert step.close()["total_model_flops"] is None
+    assert set(history[-1]) == {"loss", *BASE_KEYS, "carbon/flops"}  # the same keys, FLOPs unknown: NaN
+    assert math.isnan(history[-1]["carbon/flops"])
+    assert closed(step)["total_model_flops"] is None
 
 
 def test_the_run_is_closed_at_interpreter_exit_unless_closed_before(tmp_path, monkeypatch):
@@ -197,7 +200,7 @@ def test_default_run_directory_is_timestamped_under_carbon_runs(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2) as step:
         run(step, 2)
-    assert step.run_dir.parent == Path("carbon-runs")
+    assert step.run_dir.parent == tmp_path / "carbon-runs"
     summary, records = read_run(tmp_path / step.run_dir)
     assert summary["steps"] == 2 and len(records) == 1
 
@@ -219,7 +222,8 @@ def test_state_dict_resume_continues_the_totals(tmp_path):
     resumed = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path / "b")
     resumed.load_state_dict(saved)
     run(resumed, 2, state=state)
-    summary = resumed.close()
+    resumed.close()
+    summary = resumed.summary()
     assert summary["steps"] == 5
     assert summary["total_model_flops"] == 5 * mlp_step_flops()
     assert summary["it_energy_kwh"] == pytest.approx(3 * 90 / J_PER_KWH)  # 2 windows before, 1 after
@@ -241,4 +245,29 @@ def test_summary_before_close_covers_every_completed_step(tmp_path):
     summary = step.summary()  # no interval has closed yet: the session closes the open one
     assert summary["steps"] == 3 and summary["status"] == "running"
     assert summary["total_model_flops"] == 3 * mlp_step_flops()
-    assert step.close()["steps"] == 3
+    assert closed(step)["steps"] == 3
+
+
+def test_a_flax_tensorboard_writer_ends_on_the_run_totals(tmp_path):
+    pytest.importorskip("tensorflow")  # flax.metrics.tensorboard writes through tf.summary
+    from flax.metrics.tensorboard import SummaryWriter
+
+    from readers import tensorboard_scalars
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    state = linen_state()
+    with track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path) as step:
+        for i in range(1, 6):
+            state, metrics = step(state, batch())
+            if i % 2 == 0:  # the user's writer logs every other step, as a loop with a logging interval does
+                for key, value in metrics.items():
+                    writer.scalar(key, float(value), i)
+    for key, value in step.metrics().items():  # after the with block: the run's totals, for the last step
+        writer.scalar(key, value, step.counters.steps)
+    writer.flush()
+    summary, records = read_run(tmp_path)
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    assert scalars["carbon/energy_kwh"][-1] == (5, pytest.approx(summary["energy_kwh"], rel=1e-6))
+    assert scalars["carbon/co2e_kg"][-1] == (5, pytest.approx(summary["gross_co2e_kg"], rel=1e-6))
+    assert [r["step"] for r in records] == [2, 4, 5]  # the step counts the writer logged them at
+    assert [step for step, _ in scalars["carbon/energy_kwh"]] == [2, 4, 5]

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from flax_support import mlp_step_flops
 
 from carbon_callbacks import read_run
+
+from flax_support import mlp_step_flops
 
 HERE = Path(__file__).resolve().parent
 J_PER_KWH = 3.6e6

@@ -6,10 +6,11 @@ import math
 
 import jax.numpy as jnp
 import pytest
-from flax_support import SITE, FixedMeter, batch, make_nnx_step, mlp_step_flops, nnx_model_and_optimizer
 
 from carbon_callbacks import read_run
-from carbon_callbacks.flax import BASE_KEYS, track
+from carbon_callbacks.flax import track
+
+from flax_support import BASE_KEYS, SITE, FixedMeter, batch, make_nnx_step, mlp_step_flops, nnx_model_and_optimizer
 
 J_PER_KWH = 3.6e6
 

@@ -18,9 +18,9 @@ def main(port: int, rank: int, out_dir: Path) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=rank)
 
-    from flax_support import SITE, FixedMeter, batch, linen_state, make_linen_step
-
     from carbon_callbacks.flax import track
+
+    from flax_support import SITE, FixedMeter, batch, linen_state, make_linen_step
 
     step = track(
         make_linen_step(),
@@ -34,7 +34,8 @@ def main(port: int, rank: int, out_dir: Path) -> None:
     for _ in range(5):
         state, metrics = step(state, xy)
         history.append({k: float(v) for k, v in metrics.items()})
-    summary = step.close()
+    step.close()
+    summary = step.summary()
     payload = {
         "rank": rank,
         "process_count": jax.process_count(),

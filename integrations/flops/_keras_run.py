@@ -12,7 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).with_name("keras_count.py")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def keras_counts(backend: str, names: tuple[str, ...]) -> dict:
     """Cached per (backend, names), so the Keras and cross-framework tests share one subprocess."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from test_keras_flops import NAMES  # noqa: E402
 
 from carbon_callbacks.flops import count
 from carbon_callbacks.models.config import DENSE, SWITCH
 
 from _keras_run import keras_counts  # noqa: E402  (sibling helper module)
-from test_keras_flops import NAMES  # noqa: E402
 
 
 def _torch_count(cfg):

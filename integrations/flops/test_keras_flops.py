@@ -10,7 +10,8 @@ from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
 
 from _keras_run import keras_counts  # noqa: E402  (sibling helper module)
 
-NAMES = ("dense", "switch", "top2:dense_dispatch", "cnn", "mobilenetv2")  # few builds: each costs seconds on the JAX backend
+# Few builds: each costs seconds on the JAX backend.
+NAMES = ("dense", "switch", "top2:dense_dispatch", "cnn", "mobilenetv2")
 CONFIGS = {
     "dense": DENSE,
     "switch": SWITCH,

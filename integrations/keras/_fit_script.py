@@ -141,13 +141,13 @@ def scenario_interrupted(out: Path) -> dict:
     x, y = data(DENSE, 16)
     result = {}
     # 1. Plain: no hook runs after the exception; run.json is as of the first epoch's end.
-    cb = callback(out, "crash", log_every_n_steps=2)
+    cb = callback(out, "crash", log_every_n_steps=2, continue_runs=True)
     try:
         dense_model().fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[cb, RaiseAt(6, RuntimeError("boom"))])
     except RuntimeError:
         pass
     result["plain"] = outcome(out, "crash")
-    # 2. Reusing the callback closes the stale run as interrupted, then runs a fresh one.
+    # 2. Reusing the callback closes the stale run as interrupted; with continue_runs the next fit continues it.
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         dense_model().fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
@@ -197,7 +197,24 @@ def scenario_lengths(out: Path) -> dict:
     with contextlib.redirect_stdout(buffer):
         model.fit(Batches(), epochs=1, verbose=0, shuffle=False, callbacks=[cb])
     direct = [count(model, b[:, :-1], framework="keras").total for b in batches]
-    return outcome(out, "lengths", direct=direct, direct_counts=cb.session.flop_source.direct_counts)
+    return outcome(out, "lengths", direct=direct)
+
+
+def scenario_order(out: Path) -> dict:
+    """CarbonCallback before and after CSVLogger and TensorBoard: each file, read back, holds the carbon keys."""
+    x, y = data(DENSE, 8)
+    result = {}
+    for name, first in (("first", True), ("last", False)):
+        cb = callback(out, f"order_{name}", log_every_n_steps=1)
+        loggers = [keras.callbacks.CSVLogger(str(out / f"order_{name}.csv")),
+                   keras.callbacks.TensorBoard(str(out / f"order_{name}_tb"), update_freq=1)]
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            history = dense_model().fit(x, y, batch_size=4, epochs=2, verbose=0,
+                                        callbacks=[cb, *loggers] if first else [*loggers, cb])
+        result[name] = outcome(out, f"order_{name}", history, buffer.getvalue(),
+                               tensorboard=str(out / f"order_{name}_tb"))
+    return result
 
 
 def scenario_given(out: Path) -> dict:
@@ -240,6 +257,7 @@ SCENARIOS = {
     "mirrored": scenario_mirrored,
     "ragged": scenario_ragged,
     "lengths": scenario_lengths,
+    "order": scenario_order,
 }
 #: The torch backend only runs `steps_per_execution=1`; MirroredStrategy is TensorFlow's; a TensorFlow dataset of
 #: varying lengths has no static shape to count (the callback says so and counts nothing).

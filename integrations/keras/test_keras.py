@@ -18,6 +18,8 @@ import pytest
 from carbon_callbacks.flops import transformer_flops
 from carbon_callbacks.models import DENSE, SWITCH
 
+from readers import tensorboard_scalars
+
 BACKENDS = ("tensorflow", "jax", "torch")
 SCRIPT = Path(__file__).with_name("_fit_script.py")
 METRICS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/flops", "carbon/step_time_s")
@@ -141,7 +143,7 @@ def test_interrupted_fit_leaves_a_consistent_run_json(runs, backend):
     plain = result["plain"]  # raised at the 6th step; no hook ran after it: files as of the first epoch end
     assert plain["summary"]["status"] == "running" and plain["summary"]["steps"] == 4
     assert_consistent(plain)
-    reused = result["reused"]  # the next fit closed the stale run (6 steps) and continued it in the same directory
+    reused = result["reused"]  # the next fit closed the stale run (6 steps) and, continue_runs=True, continued it
     assert reused["summary"]["status"] == "finished" and reused["summary"]["steps"] == 6 + 4
     assert_consistent(reused)
     assert reused["reports_printed"] == 2
@@ -174,7 +176,8 @@ def test_mirrored_strategy_meters_once_and_reports_once(runs):
     assert_consistent(result)
     assert summary["energy_kwh"] == pytest.approx(summary["wall_time_s"] * WATTS * PUE / 3.6e6, rel=1e-9)
     # Global batch 8 = 2 replicas x 4: the FLOPs of the whole step.
-    assert result["history"]["carbon/flops"] == pytest.approx([transformer_flops(DENSE.with_(batch_size=8)).model_flops], rel=0.01)
+    global_step = transformer_flops(DENSE.with_(batch_size=8)).model_flops
+    assert result["history"]["carbon/flops"] == pytest.approx([global_step], rel=0.01)
 
 
 def per_interval(records, per_step):
@@ -204,4 +207,28 @@ def test_many_lengths_cost_a_few_counts_and_stay_exact(runs, backend):
     assert [r["model_flops"] for r in records] == per_interval(records, model)
     # The traced count, predicted past the fit: within 0.1% of a direct count, interval by interval.
     assert [r["hardware_flops"] for r in records] == pytest.approx(per_interval(records, direct), rel=1e-3)
-    assert result["direct_counts"] == 5 < len(lengths)
+    assert result["summary"]["info"]["flops_counts"] == 5 < len(lengths)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_csv_logger_and_tensorboard_get_the_carbon_keys_in_either_order(runs, backend, order):
+    result = scenario(runs, backend, "order")[order]
+    summary, rows = result["summary"], result["csv"]
+    last_of_epoch = {r["epoch"]: r for r in result["records"]}  # an epoch's row is its last record
+    epoch_records = [last_of_epoch[e] for e in sorted(last_of_epoch)]
+    assert len(rows) == 2 and sorted(last_of_epoch) == [0, 1]  # the CSV's epoch column joins them
+    for row, record in zip(rows, epoch_records):
+        assert int(row["epoch"]) == record["epoch"]
+        for m in METRICS:
+            assert row[m] != ""
+        assert float(row["carbon/energy_kwh"]) == pytest.approx(record["energy_kwh"], rel=1e-12)
+    assert float(rows[-1]["carbon/energy_kwh"]) == pytest.approx(summary["energy_kwh"], rel=1e-12)
+    assert float(rows[-1]["carbon/co2e_kg"]) == pytest.approx(summary["gross_co2e_kg"], rel=1e-12)
+    scalars = tensorboard_scalars(result["tensorboard"])
+    epochs = scalars["epoch_carbon/energy_kwh"]
+    assert [step for step, _ in epochs] == [0, 1]
+    assert epochs[-1][1] == pytest.approx(summary["energy_kwh"], rel=1e-6)  # float32 events
+    assert scalars["epoch_carbon/co2e_kg"][-1][1] == pytest.approx(summary["gross_co2e_kg"], rel=1e-6)
+    batches = scalars["batch_carbon/energy_kwh"]  # update_freq=1: every batch, at Keras's batch step
+    assert len(batches) == 4

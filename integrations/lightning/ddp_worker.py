@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_support import SITE, FixedMeter, LitGPT, loader
 
 from carbon_callbacks.lightning import CarbonCallback
+
+from lightning_support import SITE, FixedMeter, LitGPT, loader
 
 
 def main(out: Path) -> None:

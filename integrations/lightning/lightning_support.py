@@ -9,9 +9,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from carbon_callbacks.meters import ReplayMeter
 from carbon_callbacks.models import DENSE, SWITCH, GPTConfig
 from carbon_callbacks.models.torch_gpt import GPT, loss_fn
+
+from fakes import FixedMeter  # noqa: F401 - the suites import it from here
 
 # Tiny models on a shared 2-core machine: one intra-op thread avoids spin-waiting threads (10x slower steps).
 torch.set_num_threads(1)
@@ -23,23 +24,6 @@ J_PER_KWH = 3.6e6
 #: Smaller than the reference shapes so each fit takes a second or two on 2 CPU cores.
 DENSE_SMALL = DENSE.with_(d_model=32, d_ff=64, seq_len=16, batch_size=4, vocab_size=64)
 SWITCH_SMALL = SWITCH.with_(d_model=32, d_ff=64, seq_len=16, batch_size=4, vocab_size=64)
-
-
-class FixedMeter(ReplayMeter):
-    """A fake sensor: every window holds `joules` of GPU energy over `seconds`, labelled measured.
-
-    With `fail_after`, every window after the first `fail_after` raises, as an unplugged sensor's driver would.
-    """
-
-    def __init__(self, joules: float = 90.0, seconds: float = 3.0, fail_after: int | None = None) -> None:
-        super().__init__(energy_j=joules, seconds=seconds, component="gpu", method="measured:nvml")
-        self.fail_after = fail_after
-
-    def end_window(self, key):
-        measurement = super().end_window(key)
-        if self.fail_after is not None and self.windows_ended > self.fail_after:
-            raise OSError("sensor unplugged")
-        return measurement
 
 
 class TokenData(Dataset):
@@ -99,7 +83,8 @@ def trainer(tmp_path: Path, callbacks, max_steps: int = 8, log_every_n_steps: in
     )
 
 
-def csv_rows(trainer: pl.Trainer) -> list[dict[str, str]]:
-    path = Path(trainer.logger.log_dir) / "metrics.csv"
+def csv_rows(trainer_or_logger) -> list[dict[str, str]]:
+    """The rows of a CSVLogger's `metrics.csv` (the Trainer's logger, or the logger itself)."""
+    path = Path(getattr(trainer_or_logger, "logger", trainer_or_logger).log_dir) / "metrics.csv"
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))

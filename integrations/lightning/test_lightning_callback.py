@@ -7,6 +7,11 @@ import warnings
 
 import pytest
 import torch
+
+from carbon_callbacks import InvalidInputError, read_run
+from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.lightning import CarbonCallback
+
 from lightning_support import (
     DENSE_SMALL,
     J_PER_KWH,
@@ -18,10 +23,6 @@ from lightning_support import (
     loader,
     trainer,
 )
-
-from carbon_callbacks import InvalidInputError, read_run
-from carbon_callbacks.flops import transformer_flops
-from carbon_callbacks.lightning import CarbonCallback
 
 CARBON_COLUMNS = (
     "carbon/energy_kwh",
@@ -71,7 +72,7 @@ def test_metrics_sit_in_the_loss_rows_and_co2e_is_energy_times_intensity(tmp_pat
     summary, records = read_run(run.log_dir + "/carbon")  # default: inside the Trainer's log dir
     assert summary["status"] == "finished" and summary["steps"] == 8 and summary["world_size"] == 1
     assert summary["gross_co2e_kg"] == pytest.approx(4 * WINDOW_KWH * 0.5, rel=1e-12)
-    assert [r["step"] for r in records] == [2, 4, 6, 8] and records[-1]["loss"] == pytest.approx(
+    assert [r["step"] for r in records] == [1, 3, 5, 7] and records[-1]["loss"] == pytest.approx(
         float(loss_rows[-1]["train_loss"]), rel=1e-6
     )
     assert capsys.readouterr().out.count("carbon-callbacks: 8 steps, status finished") == 1
@@ -148,14 +149,15 @@ def test_callback_instance_is_reusable(tmp_path):
 
 
 def test_sensor_failing_mid_run_falls_back_and_warns_once(tmp_path):
+    meter = FixedMeter(fail_after=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        callback, run = fit(tmp_path, meter=FixedMeter(fail_after=1), chip="v100")
+        callback, run = fit(tmp_path, meter=meter, chip="v100")
     assert sum("energy meter failed" in str(w.message) for w in caught) == 1
     summary = callback.summary
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert summary["energy_methods"]["gpu"] == "modeled:tdp-fallback(v100)"
-    assert not callback.session.meter.closed  # a meter passed in stays the caller's to close
+    assert not meter.closed  # a meter passed in stays the caller's to close
 
 
 def test_nan_loss_is_tracked_not_raised(tmp_path):

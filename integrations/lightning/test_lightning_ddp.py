@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from lightning_support import DENSE_SMALL, J_PER_KWH, SITE
 
 from carbon_callbacks import read_run
 from carbon_callbacks.flops import transformer_flops
+
+from lightning_support import DENSE_SMALL, J_PER_KWH, SITE
 
 HERE = Path(__file__).resolve().parent
 

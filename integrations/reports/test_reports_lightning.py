@@ -61,7 +61,6 @@ def fit(config, directory, twin=None, meter=None):
     meter = meter or create_meter(rapl=False, nvml=False)
     callback = CarbonCallback(intensity=0.5, net_intensity=0.2, pue=1.2, output_dir=directory,
                               log_every_n_steps=EVERY, dtype="fp32", meter=meter)
-    callback.session.total_steps = STEPS
     info = {"flops_by_layer_kind": {"model": flops.breakdown, "hardware": flops.hardware_breakdown}}
     if twin is not None:
         twin_flops = transformer_flops(twin)

@@ -1,10 +1,10 @@
 """JAX/Flax: wrap a training step so every step's metrics carry its energy, CO2e, FLOPs and MFU.
 
 `track(train_step, ...)` returns a callable with `train_step`'s signature. It calls the step as it is (jitted or
-not, Linen or NNX, with its donation and sharding) and maps each call onto
-`carbon_callbacks._run.session.RunSession`, which does what every adapter does: per step a few additions in
-memory; every `log_every_n_steps` steps one `jax.block_until_ready` on the step's outputs, one meter reading and,
-with several processes, one sum of the totals across processes. Nothing runs inside `jit`.
+not, Linen or NNX, with its donation and sharding) and maps each call onto `carbon_callbacks.RunSession`: per step
+a few additions in memory; when an interval closes (every `log_every_n_steps` steps) the session waits for the
+step's outputs, reads the meter and, with several processes, sums the totals across them. Nothing runs inside
+`jit`.
 
 Example:
     >>> from carbon_callbacks.flax import track
@@ -12,6 +12,7 @@ Example:
     >>> with step:  # doctest: +SKIP
     ...     for batch in batches:
     ...         state, metrics = step(state, batch)  # metrics now holds carbon/co2e_kg, carbon/flops, ...
+    >>> writer.write_scalars(step.counters.steps, step.metrics())  # doctest: +SKIP  (the totals of run.json)
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._run.files import default_output_dir
+from carbon_callbacks._errors import InvalidInputError, check_count
 from carbon_callbacks._run.session import RunSession, guarded, status_for
-from carbon_callbacks._run.step_flops import StepFlops, find_model_config, token_shape
+from carbon_callbacks._run.step_flops import StepFlops, attention_mask, find_model_config, token_shape
 from carbon_callbacks._run.step_output import add_metrics, find_loss
 
 try:
@@ -36,25 +36,23 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("carbon_callbacks.flax needs JAX: pip install 'carbon-callbacks[jax]'") from err
 
+from carbon_callbacks._compat import jax as _jax
+
 #: Steps per logging interval when the user gives none: JAX has no trainer with a default of its own, so we take
 #: the one Lightning uses (`Trainer(log_every_n_steps=50)`).
 DEFAULT_LOG_EVERY_N_STEPS = 50
-#: Metric keys a step's metrics always carry (more when FLOPs and a peak are known).
-BASE_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/step_time_s")
 
 
 class StepCounters(NamedTuple):
     """What the wrapper has seen so far; replaced, never mutated (read it with `TrackedStep.counters`).
 
     Attributes:
-        steps: calls of the step since the run began.
+        steps: calls of the step since the run began (the step number of each `steps.jsonl` record).
         signatures: distinct input shapes/dtypes seen, i.e. FLOP counts made.
-        intervals: logging intervals closed (one device sync and one meter reading each).
     """
 
     steps: int = 0
     signatures: int = 0
-    intervals: int = 0
 
 
 _PYTHON_SCALARS = (bool, int, float, complex)
@@ -75,29 +73,20 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
     return (treedef, *map(_leaf_signature, leaves))
 
 
-
-
-def _pack(values: Sequence[float]) -> list[int]:
-    """float64 values as pairs of uint32 words, so an all-gather over 32-bit JAX arrays stays exact."""
-    return list(struct.unpack(f"<{2 * len(values)}I", struct.pack(f"<{len(values)}d", *values)))
-
-
-def _unpack(words: Sequence[int]) -> list[float]:
-    return list(struct.unpack(f"<{len(words) // 2}d", struct.pack(f"<{len(words)}I", *words)))
-
-
 def _process_sum(values: Sequence[float]) -> list[float]:
     """Sums `values` over JAX processes with `multihost_utils.process_allgather` (call on every process).
 
-    The float64 totals travel bit-exact as uint32 words (JAX keeps 32-bit types unless x64 is on) and are summed
-    on the host in float64, in process order, so every process gets the same result.
+    The float64 totals travel bit-exact as pairs of uint32 words (JAX keeps 32-bit types unless x64 is on) and
+    are summed on the host in float64, in process order, so every process gets the same result.
     """
     import numpy as np
     from jax.experimental import multihost_utils
 
-    gathered = multihost_utils.process_allgather(np.asarray(_pack(values), dtype=np.uint32))
+    words = struct.unpack(f"<{2 * len(values)}I", struct.pack(f"<{len(values)}d", *values))
+    gathered = multihost_utils.process_allgather(np.asarray(words, dtype=np.uint32))
     rows = np.asarray(gathered).reshape(jax.process_count(), -1)
-    per_process = [_unpack(row.tolist()) for row in rows]
+    per_process = [struct.unpack(f"<{len(values)}d", struct.pack(f"<{2 * len(values)}I", *row.tolist()))
+                   for row in rows]
     return [math.fsum(column) for column in zip(*per_process)]
 
 
@@ -122,18 +111,27 @@ def _token_leaves(args: tuple):
             yield tuple(shape), jax.numpy.issubdtype(leaf.dtype, jax.numpy.integer)
 
 
+def _block(out: Any) -> None:
+    """Waits for the step that produced `out` (nothing to wait for once a later call took its donated arrays)."""
+    if out is not None:
+        try:
+            jax.block_until_ready(out)
+        except Exception:  # a donated (deleted) array: its step is done
+            pass
+
+
 class TrackedStep:
     """A training step that reports its energy, CO2e, FLOPs and MFU; made by `track`.
 
     Call it exactly like the step it wraps. Use it as a context manager, or call `close()`, to write the run
-    files and print the report; otherwise that happens when the interpreter exits.
+    files, print the report and get the run's final metrics; otherwise that happens when the interpreter exits.
 
     Attributes:
         session: the `RunSession` doing the accounting (shared logic of every adapter).
-        counters: a `StepCounters` of steps, FLOP counts and closed intervals.
+        counters: a `StepCounters` of steps and FLOP counts.
     """
 
-    def __init__(self, train_step: Callable, session: RunSession) -> None:
+    def __init__(self, train_step: Callable, session: RunSession, total_steps: int | None = None) -> None:
         if not callable(train_step):
             raise InvalidInputError(
                 f"train_step must be the training step function, got {type(train_step).__name__}: {train_step!r}."
@@ -145,22 +143,20 @@ class TrackedStep:
             except AttributeError:
                 pass
         self.session = session
+        self._total_steps = total_steps
         self._seen: set[tuple] = set()
         self._only: StepFlops | None = None  # the FLOPs of the one signature seen, while it is the only one
         self._last_cache_size: int | None = None
         self._cache_was_empty = False
-        self._started = False
-        self._closed = False
-        self._last_out: Any = None
-        self._last_metrics: dict[str, float] = {}
+        self._started = self._closed = False
         self._exception: BaseException | None = None
         self.counters = StepCounters()
 
     # ------------------------------------------------------------------------------------------- the step
     def __call__(self, *args, **kwargs):
         if self._closed:
-            self.session.warn_once("closed", "carbon-callbacks: this tracked step was closed; further steps are not "
-                                   "tracked. Call track(train_step, ...) again for a new run.")
+            self.session.warn("closed", "carbon-callbacks: this tracked step was closed; further steps are not "
+                              "tracked. Call track(train_step, ...) again for a new run.")
             return self.__wrapped__(*args, **kwargs)
         if not self._started:
             self._start(args)
@@ -181,48 +177,35 @@ class TrackedStep:
             return None
         flops = self._flops_for(args, kwargs)
         self.counters = self.counters._replace(steps=self.counters.steps + 1)
-        self._last_out = out
-        if session.pending_steps + 1 >= session.interval:  # the only wait for the device: once per interval
-            jax.block_until_ready(out)
-        if session.step_end(flops=flops, loss=find_loss(out), step=self.counters.steps):
-            if session.world_size > 1:
-                session.sync(_process_sum)
-            self._last_metrics.update(session.last_metrics)
-            self.counters = self.counters._replace(intervals=self.counters.intervals + 1)
-        if flops is not None and flops.model_flops is not None:
-            self._last_metrics["carbon/flops"] = flops.model_flops  # this step's own count, exact
-        return add_metrics(out, self._last_metrics)
+        mask = next((m for m in map(attention_mask, args) if m is not None), None)
+        session.step_end(flops=flops, real_tokens=None if mask is None else mask.sum(), loss=find_loss(out),
+                         step=self.counters.steps, outputs=out)
+        return add_metrics(out, session.metrics)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     @guarded
     def _start(self, args: tuple) -> None:
         """Begins the run at the first call, after the user's `jax.distributed.initialize`."""
-        session = self.session
         self._started = True
         num_chips = jax.device_count() if jax.default_backend() != "cpu" else None  # all processes' accelerators
         info = {"framework": f"jax {jax.__version__}", "step_function": getattr(self, "__qualname__", None)}
         params = _count_params(args)
         if params:
             info.update(params_total=params, params_source="counted: the step's parameter arrays")
-        session.start(
+        self.session.start(
             model=self.__wrapped__,
-            output_dir=default_output_dir() if session.output_dir is None else None,
+            config=find_model_config(*args),
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
             world_size=jax.process_count(),
             rank=jax.process_index(),
             info=info,
+            total_steps=self._total_steps,
             num_chips=num_chips,
+            device_sync=_block,
+            reduce_sum=_process_sum if jax.process_count() > 1 else None,
         )
-        session.flop_source.use_config(find_model_config(*args))
-        keys = list(BASE_KEYS)
-        if session.flop_source.fixed is not None:
-            keys.append("carbon/flops")
-            if session.peak_flops is not None:
-                keys.append("carbon/mfu")
-        # Not measured before the first interval closes: NaN, the float a logger shows as "no value".
-        self._last_metrics = dict.fromkeys(keys, math.nan)
         # Only entries compiled while we watch can be attributed to a signature we saw.
-        self._cache_was_empty = self._jit_cache_size() == 0
+        self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0
         self._only, self._last_cache_size = None, None
         atexit.register(self._close_at_exit)
 
@@ -233,21 +216,17 @@ class TrackedStep:
         arrays keep. The signature (a tree flatten, tens of microseconds for a large state) is skipped while the
         jitted step's own cache shows that it ran a computation compiled for the one signature seen so far.
         """
-        size = self._jit_cache_size()
+        size = _jax.jit_cache_size(self.__wrapped__)
         if self._only is not None and size is not None and size == self._last_cache_size:
             return self._only
         key = _signature(args, kwargs)
         if key not in self._seen:
             self._seen.add(key)
             self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
-        flops = self.session.step_flops(lambda: key, lambda: self._count(args, kwargs),
-                                        lambda: token_shape(_token_leaves(args)))
+        flops = self.session.count(key, lambda: self._count(args, kwargs),
+                                   lambda: token_shape(_token_leaves(args)))
         self._last_cache_size = size
         self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
-        if flops is not None and flops.model_flops is not None and "carbon/flops" not in self._last_metrics:
-            self._last_metrics["carbon/flops"] = flops.model_flops
-            if self.session.peak_flops is not None:
-                self._last_metrics["carbon/mfu"] = math.nan
         return flops
 
     def _count(self, args: tuple, kwargs: dict):
@@ -256,61 +235,39 @@ class TrackedStep:
         fn = functools.partial(self.__wrapped__, **kwargs) if kwargs else self.__wrapped__
         return count(fn, *args, framework="jax")
 
-    def _jit_cache_size(self) -> int | None:
-        """Entries in the jitted step's compilation cache (`None` for a step that has no such cache).
+    def close(self, status: str | None = None) -> dict[str, float]:
+        """Ends the run and hands back its final `carbon/*` metrics, equal to `run.json`, for the user's writer.
 
-        `jax.jit` functions have `_cache_size()`; `nnx.jit` ones keep their `jax.jit` function as `jitted_fn`.
-        """
-        fn = self.__wrapped__
-        size = getattr(fn, "_cache_size", None) or getattr(getattr(fn, "jitted_fn", None), "_cache_size", None)
-        if size is None:
-            return None
-        try:
-            return int(size())
-        except Exception:
-            return None
-
-    def close(self, status: str | None = None) -> dict | None:
-        """Ends the run: waits for the last step, sums over processes, writes the run files, prints the report.
-
-        Call it on every process (it takes part in a collective when there are several). Safe to call twice.
+        Waits for the last step, sums over processes, writes the run files and prints the report. Call it on
+        every process (it takes part in a collective when there are several). Safe to call twice.
 
         Args:
             status: `"finished"`, `"interrupted"` or `"failed"`. Defaults to `None`: from the exception the last
                 call of the step raised, if any (see `carbon_callbacks._run.session.status_for`).
 
         Returns:
-            The `run.json` content, or `None` when the step was never called.
+            The final metrics (empty when the step was never called); `summary()` gives the whole `run.json`.
         """
-        if self._closed:
-            return self.session.summary_at_finish
-        self._closed = True
-        atexit.unregister(self._close_at_exit)
-        out, self._last_out = self._last_out, None
-        collective = _process_sum if self.session.world_size > 1 else None
-        return self.session.finish(status or status_for(self._exception), sync=lambda: _block(out),
-                                   reduce_sum=collective)
+        if not self._closed:
+            self._closed = True
+            atexit.unregister(self._close_at_exit)
+            self.session.finish(status or status_for(self._exception))
+        return self.session.metrics
 
     def summary(self) -> dict | None:
         """The `run.json` content up to the last completed step (the final one after `close()`)."""
-        if self.session.running:
-            out = self._last_out
-            self.session.close_interval(sync=lambda: _block(out))
         return self.session.summary()
 
     def metrics(self) -> dict[str, float]:
-        """The `carbon/*` values added to the last step's metrics (for steps that return no metrics dict)."""
-        return dict(self._last_metrics)
+        """The `carbon/*` values of the last step (after `close()`, the run's final ones)."""
+        return self.session.metrics
 
     def state_dict(self) -> dict:
         """The run's totals for a checkpoint (call on every process), so a resumed run continues them."""
-        out = self._last_out
-        if self.session.running:
-            self.session.close_interval(sync=lambda: _block(out))
-        return self.session.state_dict(reduce_sum=_process_sum if self.session.world_size > 1 else None)
+        return self.session.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Continues the totals of `state_dict()`: from the next step, or at the first one."""
+        """Continues the totals of `state_dict()` from the first call of the step."""
         self.session.load_state_dict(state)
 
     @property
@@ -339,16 +296,6 @@ class TrackedStep:
         self.close()
 
 
-def _block(out: Any) -> None:
-    """Waits for the step that produced `out` (nothing to wait for once a later call took its donated arrays)."""
-    if out is None:
-        return
-    try:
-        jax.block_until_ready(out)
-    except Exception:
-        pass
-
-
 def track(
     train_step: Callable,
     *,
@@ -362,30 +309,35 @@ def track(
     log_every_n_steps: int | None = None,
     flops: float | None = None,
     meter=None,
+    nvml: bool = True,
+    rapl: bool = True,
     dtype: str = "bf16",
+    training_type: str | None = None,
+    total_steps: int | None = None,
 ) -> TrackedStep:
     """Wraps a JAX/Flax training step so its metrics carry `carbon/*` values and the run is written to disk.
 
     Where the step returns a dict of metrics, or a tuple ending in one (`state, metrics = train_step(state,
-    batch)`), the `carbon/*` keys are added to that dict on every step: fresh values when a logging interval closes, the last
-    known ones in between (NaN before the first interval closes). Every other output is returned untouched.
+    batch)`), the `carbon/*` keys are added to that dict on every step: fresh values when a logging interval
+    closes, the last known ones in between (NaN before the first interval closes). Every other output is returned
+    untouched.
 
     Args:
         train_step: the step, jitted (`jax.jit`, `nnx.jit`) or not. Its donation and sharding are kept.
-        region, intensity, net_intensity, pue, chip, dtype: the site and the chip, as every adapter takes them
-            (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required.
+        region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type: as every
+            adapter takes them (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required. A
+            `flops_per_batch` attribute on the step function works like `flops=`.
         num_chips: chips in the whole run. Defaults to `None`: `jax.device_count()` on accelerators, one per
             process on CPU.
-        output_dir: where process 0 writes `run.json` and `steps.jsonl`. Defaults to `None`:
-            `./carbon-runs/<UTC timestamp>`.
+        output_dir: where process 0 writes the run files. Defaults to `None`: `./carbon-runs/<UTC timestamp>`.
         log_every_n_steps: steps per interval (one device sync and one meter reading each). Defaults to `None`:
             50.
-        flops: model FLOPs per step, overriding counting; a `flops_per_batch` attribute on the step function
-            works too. Defaults to `None`: counted from the step's jaxpr, once per input signature.
-        meter: a `carbon_callbacks.meters` meter. Defaults to `None`: the best one available.
+        total_steps: the run's length in steps, when known: after 20% of it the projected total is logged once
+            and stored in `run.json`. Defaults to `None`: no projection.
 
     Returns:
-        A `TrackedStep`: call it like `train_step`; `.summary()`, `.metrics()`, `.close()`, context manager.
+        A `TrackedStep`: call it like `train_step`; `.close()` (or leaving the `with` block, then `.metrics()`)
+        gives the final metrics for your writer, `.summary()` the `run.json` content.
 
     Raises:
         InvalidInputError: for no region and no intensity, or an unusable number.
@@ -401,9 +353,12 @@ def track(
     """
     session = RunSession(
         region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, chip=chip, num_chips=num_chips,
-        output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, dtype=dtype,
+        output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, nvml=nvml, rapl=rapl,
+        dtype=dtype, training_type=training_type,
     )
-    return TrackedStep(train_step, session)
+    if total_steps is not None:
+        total_steps = check_count("total_steps", total_steps)
+    return TrackedStep(train_step, session, total_steps)
 
 
-__all__ = ["BASE_KEYS", "StepCounters", "StepFlops", "TrackedStep", "track"]
+__all__ = ["StepCounters", "StepFlops", "TrackedStep", "track"]

@@ -1,8 +1,8 @@
 """The Lightning adapter: `CarbonCallback` logs energy, CO2e, FLOPs and MFU next to the loss.
 
-Works with `pytorch_lightning` 2.x, or with the `lightning.pytorch` namespace when only that is installed. The
-callback only maps Lightning's hooks onto `carbon_callbacks._run.session.RunSession`, which does what every
-adapter does; here are only Lightning's hooks, its batches, its step tracing, its collective and its logger.
+Works with `pytorch_lightning` 2.x and the unified `lightning.pytorch`, whichever Trainer the user holds. The
+callback only maps Lightning's hooks onto `carbon_callbacks.RunSession`: here are Lightning's hooks, its batches,
+its step counting, its collective and its loggers.
 """
 
 from __future__ import annotations
@@ -11,24 +11,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_for
-from carbon_callbacks._run.step_flops import token_shape
+from carbon_callbacks._run.step_flops import attention_mask, token_shape
 
-try:
-    import pytorch_lightning as pl
-except ImportError:  # the unified `lightning` package only
-    try:
-        import lightning.pytorch as pl
-    except ImportError:
-        raise ImportError(
-            "carbon_callbacks.lightning needs PyTorch Lightning 2.x: pip install 'carbon-callbacks[lightning]' "
-            "(or pip install lightning)."
-        ) from None
-import torch
+_NAMESPACES = _lightning.installed_namespaces()
+import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
 
 __all__ = ["CarbonCallback"]
 
-#: Subfolder of the Trainer's log directory that holds `run.json` and `steps.jsonl` when no `output_dir` is given.
+#: Subfolder of the Trainer's log directory (or root directory) that holds the run folders.
 RUN_SUBDIR = "carbon"
 #: Interval used when the Trainer writes no logs (`log_every_n_steps=0`) and none was given: the Trainer's own
 #: default, https://lightning.ai/docs/pytorch/stable/common/trainer.html#log-every-n-steps .
@@ -58,28 +50,25 @@ def _tensor_leaves(batch: Any, depth: int = 0):
             yield from _tensor_leaves(value, depth + 1)
 
 
-class CarbonCallback(pl.Callback):
+class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     """Logs `carbon/*` metrics (energy, gross and net CO2e, FLOPs, step time, MFU) through the Trainer's loggers.
 
-    The metrics are logged with one `pl_module.log_dict` call on the steps the Trainer writes logs (its `log_every_n_steps`),
-    so they land in the same logger rows as the user's `train_loss`. Between those steps the callback only adds
-    a few numbers in memory. At the end of `fit`, global rank 0 prints the report (the rows of the paper's
-    Table 4 this run can fill) and writes `run.json` and `steps.jsonl`.
+    On the steps the Trainer writes logs (its `log_every_n_steps`) the metrics go through one `pl_module.log_dict`
+    call, into the same logger rows as the user's loss; between them the callback only adds a few numbers in
+    memory. The run's facts (site, chip, methods) go to every logger's hyperparameters. When training ends, or
+    raises, every logger gets one last row with the run's totals, equal to `run.json`; global rank 0 prints the
+    report and writes `run.json`, `steps.jsonl` and `report.md`, attached to the MLflow or W&B run.
 
     Args:
-        region, intensity, net_intensity, pue, chip, dtype: the site and the chip, as every adapter takes them
-            (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required.
+        region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type,
+            continue_runs: as every adapter takes them (see `carbon_callbacks.RunSession`); one of
+            `region`/`intensity` is required.
         num_chips: chips in the whole run. Defaults to `None`: the Trainer's world size.
-        output_dir: where rank 0 writes `run.json` and `steps.jsonl`. Defaults to `None`: `carbon/` inside the
-            Trainer's log directory.
+        output_dir: where rank 0 writes the run files. Defaults to `None`: `carbon/` inside the logger's version
+            folder (CSV, TensorBoard), `carbon/<run id>` under the Trainer's root for MLflow and W&B, else
+            `carbon/<timestamp>` there; a folder holding another run is never reused.
         log_every_n_steps: steps per logging interval. Defaults to `None`: the Trainer's `log_every_n_steps`.
-        flops: model FLOPs of one training step (one batch, forward and backward), overriding counting.
-            Defaults to `None`: a `flops_per_batch` attribute of the module if it has one, else counted once
-            per distinct batch shape with `carbon_callbacks.flops.count` (hardware FLOPs), with model FLOPs
-            from the analytic count when `module.config` or `module.model.config` is a `TransformerConfig`.
         prog_bar: also show the metrics in the progress bar. Defaults to `False`.
-        meter: a `carbon_callbacks.meters.Meter`, which stays the caller's to close. Defaults to `None`: the best
-            this machine offers, one device per rank, made for each `fit` and closed at its end.
 
     Raises:
         InvalidInputError: at construction, when neither `region` nor `intensity` is given, or for a bad number.
@@ -91,7 +80,7 @@ class CarbonCallback(pl.Callback):
         >>> trainer = pl.Trainer(max_steps=100, callbacks=[CarbonCallback(region="us-central1", chip="a100")])
 
     Notes:
-        How Lightning's hooks, accumulation, DDP and failures map onto the run: `docs/adapters.md`.
+        How Lightning's hooks, accumulation, strategies and failures map onto the run: `docs/adapters.md`.
     """
 
     def __init__(
@@ -106,49 +95,62 @@ class CarbonCallback(pl.Callback):
         output_dir: str | Path | None = None,
         log_every_n_steps: int | None = None,
         flops: float | None = None,
-        prog_bar: bool = False,
         meter=None,
+        nvml: bool = True,
+        rapl: bool = True,
         dtype: str = "bf16",
+        training_type: str | None = None,
+        continue_runs: bool = False,
+        prog_bar: bool = False,
     ) -> None:
         super().__init__()
         self.session = RunSession(
             region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, chip=chip, num_chips=num_chips,
-            output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, dtype=dtype,
+            output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, nvml=nvml,
+            rapl=rapl, dtype=dtype, training_type=training_type, continue_runs=continue_runs,
         )
         self.prog_bar = bool(prog_bar)
         self._trainer = None
-        self._device_sync = None
+        self._global_step = 0
+        self._logged: dict[str, float] = {}
+        self._params_logged = False
 
     @property
     def summary(self) -> dict | None:
         """The last finished run's `run.json` content (`None` before the first run ends)."""
-        return self.session.summary_at_finish
+        return self.session.finished_summary
 
     # ------------------------------------------------------------------------------------------- hooks
     @guarded
     def on_train_start(self, trainer, pl_module) -> None:
         self._trainer = trainer
+        self._global_step = trainer.global_step
+        self._logged, self._params_logged = {}, False
         root = trainer.strategy.root_device
-        self._device_sync = torch.cuda.synchronize if root.type == "cuda" else None
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank calls it
+        sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
+        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         self.session.start(
             model=pl_module,
-            traceable=pl_module.automatic_optimization,
-            untraceable_reason="FLOPs of modules with manual optimization are not counted (counting would run an "
+            traceable=pl_module.automatic_optimization and sharded is None,
+            untraceable_reason=f"under {sharded} the step is sharded and counting it would step outside the engine;"
+            if sharded else "FLOPs of modules with manual optimization are not counted (counting would run an "
             "optimizer step);",
-            output_dir=Path(log_dir if log_dir is not None else trainer.default_root_dir) / RUN_SUBDIR,
+            default_dir=_run_folder(trainer),
             log_every_n_steps=trainer.log_every_n_steps or _FALLBACK_INTERVAL,
             world_size=int(trainer.world_size),
             rank=int(trainer.global_rank),
             info={
-                "framework": f"{pl.__name__} {pl.__version__}",
+                "framework": _lightning.framework_of(trainer),
                 "model": type(pl_module).__name__,
                 "params_total": sum(p.numel() for p in pl_module.parameters()),
+                "params_trainable": trainable,
                 "params_source": "counted: module parameters",
             },
             total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
-            meter_factory=lambda: _build_meter(self.session.chip, root, trainer),
+            meter_factory=lambda **options: _build_meter(root, trainer, **options),
+            device_sync=(lambda _: torch.cuda.synchronize(root)) if root.type == "cuda" else None,
+            reduce_sum=self._reduce_sum if trainer.world_size > 1 else None,
         )
 
     @guarded
@@ -156,50 +158,74 @@ class CarbonCallback(pl.Callback):
         session = self.session
         if not session.running:
             return
-        flops = session.step_flops(  # counted once per batch shape; after the step, which it does not change
-            lambda: _batch_key(batch),
+        flops = session.count(  # once per batch shape; after the step, which it does not change
+            _batch_key(batch),
             lambda: _count_step(pl_module, batch, batch_idx),
             lambda: token_shape(_tensor_leaves(batch)),
         )
-        loop = trainer.fit_loop.epoch_loop
-        accumulating = loop._should_accumulate() if hasattr(loop, "_should_accumulate") else False
-        stepped = getattr(loop, "_batches_that_stepped", trainer.global_step)
-        close = not accumulating and (stepped + 1) % session.interval == 0
+        mask = attention_mask(batch)
+        # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
+        # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
+        stepped, self._global_step = trainer.global_step != self._global_step, trainer.global_step
+        close = stepped and trainer.global_step % session.interval == 0
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         keep_loss = close and isinstance(loss, torch.Tensor) and loss.numel() == 1  # read when the interval closes
-        closed = session.step_end(
+        metrics = session.step_end(
             flops=flops,
+            real_tokens=mask.sum() if mask is not None else None,
             loss=loss.detach() if keep_loss else None,
-            step=int(stepped) + 1,
-            sync=self._device_sync,
+            step=trainer.global_step - 1,
             close=close,
         )
-        if not closed:
+        if metrics is None or trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
             return
-        if session.world_size > 1:
-            session.sync(self._reduce_sum)
-        if trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
-            return
-        # In the same logger rows as the user's loss, on log steps only; float64, as Lightning would store a
-        # Python float as float32 and round kg-scale sums to 7 digits.
-        values = {k: torch.tensor(v, dtype=torch.float64, device=pl_module.device)
-                  for k, v in session.last_metrics.items()}
+        # In the same logger rows as the user's loss; float64, as Lightning would store a Python float as float32
+        # and round kg-scale sums to 7 digits.
+        values = {k: torch.tensor(v, dtype=torch.float64, device=pl_module.device) for k, v in metrics.items()}
         pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=self.prog_bar, logger=True,
                            batch_size=1, sync_dist=False)
+        self._logged = metrics
+        self._log_params(trainer)
 
     @guarded
     def on_train_end(self, trainer, pl_module) -> None:
-        collective = self._reduce_sum if trainer.world_size > 1 else None
-        self.session.finish(sync=self._device_sync, reduce_sum=collective)
+        self._end(trainer, self.session.finish())
 
     @guarded
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Other ranks may be gone: no collective here. Rank 0's last global totals plus its own work since.
-        self.session.finish(status_for(exception), sync=self._device_sync)
+        self._end(trainer, self.session.finish(status_for(exception)))
+
+    def _end(self, trainer, summary: dict | None) -> None:
+        """The run's totals as every logger's last row, its facts as their params, its files attached (rank 0)."""
+        if summary is None or trainer.global_rank != 0 or trainer.log_every_n_steps == 0:
+            return
+        final = self.session.metrics
+        if not _same(final, self._logged):  # steps since the last row, or the last sum over ranks
+            for logger in trainer.loggers:
+                logger.log_metrics(final, step=max(trainer.global_step - 1, 0))
+        self._log_params(trainer)
+        run_dir = self.session.run_dir
+        if run_dir is not None:
+            from carbon_callbacks._loggers import attach
+
+            for logger in trainer.loggers:
+                attach(logger, [run_dir / name for name in ("run.json", "report.md")])
+        for logger in trainer.loggers:
+            logger.save()
+
+    def _log_params(self, trainer) -> None:
+        """The run's facts through every logger's `log_hyperparams`, once per run (rank 0)."""
+        if self._params_logged or trainer.global_rank != 0:
+            return
+        self._params_logged = True
+        params = self.session.params()
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params)
 
     # ------------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        """The run's totals, saved in Lightning checkpoints so a resumed fit continues them.
+        """The run's totals and folder, saved in Lightning checkpoints so a resumed fit continues them.
 
         Under DDP the additive totals are summed over ranks and stored as an equal share per rank, so a resume
         with the same world size continues the global totals exactly. Lightning calls this on every rank.
@@ -209,10 +235,10 @@ class CarbonCallback(pl.Callback):
 
     @guarded
     def _state_dict(self) -> dict[str, Any]:
-        return self.session.state_dict(reduce_sum=self._reduce_sum)
+        return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continues the totals of `state_dict()` in the next `fit` (Lightning calls this when restoring)."""
+        """Continues the totals and folder of `state_dict()` in the next `fit` (Lightning restores before it)."""
         self.session.load_state_dict(state_dict)
 
     def _reduce_sum(self, values):
@@ -220,6 +246,25 @@ class CarbonCallback(pl.Callback):
         strategy = self._trainer.strategy
         tensor = torch.tensor(list(values), dtype=torch.float64, device=strategy.root_device)
         return strategy.reduce(tensor, reduce_op="sum").tolist()
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Whether two metric rows hold the same values (NaN equal to NaN)."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or a[k] != a[k] and b[k] != b[k] for k in a)
+
+
+def _run_folder(trainer) -> Path:
+    """The run folder that follows the first logger's identity: its version folder, else its run id."""
+    root = Path(trainer.default_root_dir) / RUN_SUBDIR
+    logger = trainer.logger
+    if logger is None:
+        from carbon_callbacks._run.files import new_run_dir
+
+        return new_run_dir(root)
+    log_dir = getattr(logger, "log_dir", None)  # CSV and TensorBoard: version_N
+    if isinstance(log_dir, str):
+        return Path(log_dir) / RUN_SUBDIR
+    return root / str(logger.version)  # MLflow's run id, W&B's run id
 
 
 def _count_step(module, batch, batch_idx):
@@ -270,10 +315,10 @@ class _StepRunner:
                         b.copy_(buffers[name])
 
 
-def _build_meter(chip, root, trainer):
+def _build_meter(root, trainer, **options):
     """One meter per rank that meters each device once: its own GPU; the node's CPU counters by local rank 0."""
     from carbon_callbacks.meters import create_meter
 
     devices = [root.index if root.index is not None else 0] if root.type == "cuda" else "auto"
     # Child processes are other ranks under DDP: never count their CPU time here.
-    return create_meter(chip=chip, devices=devices, local_rank=trainer.local_rank, include_children=False)
+    return create_meter(devices=devices, local_rank=trainer.local_rank, include_children=False, **options)

@@ -238,7 +238,9 @@ def estimate(
             sources["watts_per_chip"] = f"table:chips/{entry.name} measured system power {entry.source}"
         elif entry.tdp_w is not None:
             watts_per_chip = entry.tdp_w
-            sources["watts_per_chip"] = f"modeled:tdp table:chips/{entry.name} TDP (no published system power) {entry.source}"
+            sources["watts_per_chip"] = (
+                f"modeled:tdp table:chips/{entry.name} TDP (no published system power) {entry.source}"
+            )
         else:
             raise InvalidInputError(f"chip {entry.name!r} has neither system power nor TDP in the table; pass watts.")
     else:

@@ -22,8 +22,8 @@ from pathlib import Path
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._reports.format import fmt_number, text_table
+from carbon_callbacks._reports.model_card import hf_co2_block, hf_yaml
 from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, read_run
-
 
 #: `info` keys an adapter may use for the per-step FLOPs by layer kind (from the analytic counter).
 BREAKDOWN_KEYS = ("flops_by_layer_kind", "flops_breakdown", "flops_by_kind")
@@ -148,61 +148,6 @@ def energy_split(summary: dict) -> list[dict] | None:
             part[key] = summary[key] * share if summary.get(key) is not None else None
         parts.append(part)
     return parts
-
-
-# ------------------------------------------------------------------------------------------- Hugging Face
-def hf_co2_block(summary: dict, *, training_type: str | None = None, location: str | None = None) -> dict:
-    """The model-card `co2_eq_emissions` metadata (https://huggingface.co/docs/hub/model-cards-co2).
-
-    `emissions` is the gross operational CO2e in grams (the field has room for one number; the source names the
-    net one). The chips' manufacturing share, when the chip has a published footprint, goes in a separate
-    `embodied_emissions` (grams), never into `emissions`. Fields the run does not know (training type, a location
-    when only an intensity was given, the chip) are left out rather than guessed; pass `training_type` /
-    `location` to fill them.
-    """
-    info = summary.get("info") or {}
-    gross, net = summary.get("gross_co2e_kg"), summary.get("net_co2e_kg")
-    block: dict = {}
-    if gross is not None:
-        block["emissions"] = float(f"{gross * 1000.0:.6g}")  # grams, 6 significant figures
-    source = "carbon-callbacks (Patterson et al. 2021 method): gross CO2e = facility energy x grid intensity"
-    if summary.get("energy_method"):
-        source += f"; energy {summary['energy_method']}"
-    if net is not None:
-        source += f"; net CO2e {net * 1000.0:.6g} g"
-    embodied = summary.get("embodied_co2e_kg")
-    if embodied is not None:
-        block["embodied_emissions"] = float(f"{embodied * 1000.0:.6g}")  # grams, 6 significant figures
-        life = summary.get("lifetime_years")
-        life_text = f"{life:g}-year" if isinstance(life, (int, float)) else "the assumed"
-        source += (
-            f"; embodied_emissions: the chips' manufacturing share (footprint x chips x hours / {life_text} service "
-            "life), reported separately and not included in emissions"
-        )
-    block["source"] = source
-    training_type = training_type or info.get("training_type")
-    if training_type:
-        block["training_type"] = training_type
-    location = location or summary.get("region")
-    if location:
-        block["geographical_location"] = location
-    if summary.get("chip"):
-        block["hardware_used"] = f"{summary.get('num_chips') or 1} x {summary['chip']}"
-    return block
-
-
-def hf_yaml(block: dict) -> str:
-    """The `co2_eq_emissions` block as model-card YAML, with comments naming the fields left out."""
-    lines = ["co2_eq_emissions:"]
-    for key in ("emissions", "embodied_emissions", "source", "training_type", "geographical_location", "hardware_used"):
-        if key == "embodied_emissions" and key not in block:
-            continue  # optional: only for a chip with a published footprint
-        if key in block:
-            value = block[key]
-            lines.append(f"  {key}: {json.dumps(value) if isinstance(value, str) else value}")
-        else:
-            lines.append(f"  # {key}: not recorded by this run")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- projection text

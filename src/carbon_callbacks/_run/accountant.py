@@ -7,9 +7,9 @@ Per-step work is in-memory arithmetic; records are written to the run directory 
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,23 +20,10 @@ from carbon_callbacks._paper.embodied import check_lifetime, embodied_co2e
 from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
 from carbon_callbacks._site.site import Site
 from carbon_callbacks._site.tables import Chip, get_chip
+from carbon_callbacks.meters._base import COMPONENTS, check_method
 
-#: Energy components an observation may carry. `host` is the accelerator's modeled share of the host
-#: (CPU, memory, network, fans), as the paper's "system power" includes it.
-COMPONENTS = ("gpu", "tpu", "cpu", "dram", "host")
 #: Additive totals reduced across ranks (data-parallel workers), in this order.
-REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens")
-
-_METHOD = re.compile(r"^(measured|modeled):\S+$|^given$")
-
-
-def _check_method(field: str, method: str) -> str:
-    if not isinstance(method, str) or not _METHOD.match(method):
-        raise InvalidInputError(
-            f"{field} must be 'measured:<sensor>', 'modeled:<assumption>' or 'given', got {method!r}."
-        )
-    return method
-
+REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens", "padding_tokens")
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -122,6 +109,7 @@ class Accountant:
         self.model_flops: float | None = None
         self.hardware_flops: float | None = None
         self.tokens: float | None = None
+        self.padding_tokens: float | None = None
         self.last_model_flops: float | None = None
         self.last_seconds: float | None = None
         self.status = "running"
@@ -143,6 +131,7 @@ class Accountant:
             "model_flops": self.model_flops,
             "hardware_flops": self.hardware_flops,
             "tokens": self.tokens,
+            "padding_tokens": self.padding_tokens,
             "started_at": self.started_at,
         }
 
@@ -160,6 +149,7 @@ class Accountant:
         self.model_flops = state["model_flops"]
         self.hardware_flops = state["hardware_flops"]
         self.tokens = state["tokens"]
+        self.padding_tokens = state.get("padding_tokens")
         self.started_at = state.get("started_at", self.started_at)
         self._buffer = []
         self._fresh_run = False
@@ -178,9 +168,11 @@ class Accountant:
         model_flops: float | None = None,
         hardware_flops: float | None = None,
         tokens: float | None = None,
+        padding_tokens: float | None = None,
         loss: float | None = None,
         step: int | None = None,
         num_steps: int = 1,
+        epoch: int | None = None,
     ) -> dict:
         """Adds one observation (one training step, or a window of `num_steps` steps) and returns its record.
 
@@ -191,12 +183,16 @@ class Accountant:
                 `"measured:nvml"`, `"measured:rapl"`, `"modeled:<assumption>"` or `"given"`.
             model_flops: the model's FLOPs (activated experts only). Defaults to `None` (not counted).
             hardware_flops: FLOPs that actually ran (recompute, padding). Defaults to `None`: same as model FLOPs.
-            tokens: tokens processed. Defaults to `None`.
+            tokens: tokens processed, padding excluded where the batch says which positions are padding.
+                Defaults to `None`.
+            padding_tokens: padded positions processed beside `tokens`. Defaults to `None` (not known).
             loss: the training loss, stored with the record for plots. Defaults to `None`.
-            step: the framework's step number at the end of the observation. Defaults to `None`: this
-                accountant's step count.
+            step: the step number the framework's logger used for the row of this observation (docs/adapters.md
+                says which, per framework). Defaults to `None`: this accountant's step count.
             num_steps: training steps the observation covers; FLOPs, tokens and energy are their sums.
                 Defaults to `1`.
+            epoch: the epoch whose end closed the observation, for frameworks that log per epoch. Defaults to
+                `None`.
 
         Raises:
             InvalidInputError: for a negative, NaN or infinite number, an unknown component or method label.
@@ -208,16 +204,18 @@ class Accountant:
         energy = {}
         for component, joules in energy_j.items():
             if component not in COMPONENTS:
-                raise InvalidInputError(f"energy_j has unknown component {component!r}; valid: {', '.join(COMPONENTS)}.")
+                raise InvalidInputError(
+                    f"energy_j has unknown component {component!r}; valid: {', '.join(COMPONENTS)}."
+                )
             energy[component] = check_number(f"energy_j[{component!r}]", joules, non_negative=True)
         if isinstance(energy_method, str):
-            methods = {c: _check_method("energy_method", energy_method) for c in energy}
+            methods = {c: check_method("energy_method", energy_method) for c in energy}
         else:
             methods = {}
             for c in energy:
                 if c not in energy_method:
                     raise InvalidInputError(f"energy_method has no entry for component {c!r}.")
-                methods[c] = _check_method(f"energy_method[{c!r}]", energy_method[c])
+                methods[c] = check_method(f"energy_method[{c!r}]", energy_method[c])
         if model_flops is not None:
             model_flops = check_number("model_flops", model_flops, non_negative=True)
         if hardware_flops is not None:
@@ -226,6 +224,8 @@ class Accountant:
             hardware_flops = model_flops
         if tokens is not None:
             tokens = check_number("tokens", tokens, non_negative=True)
+        if padding_tokens is not None:
+            padding_tokens = check_number("padding_tokens", padding_tokens, non_negative=True)
         if loss is not None:
             loss = float(loss)  # a NaN loss is the user's to see, not ours to reject
 
@@ -241,6 +241,8 @@ class Accountant:
             self.hardware_flops = (self.hardware_flops or 0.0) + hardware_flops
         if tokens is not None:
             self.tokens = (self.tokens or 0.0) + tokens
+        if padding_tokens is not None:
+            self.padding_tokens = (self.padding_tokens or 0.0) + padding_tokens
         self.last_model_flops = None if model_flops is None else model_flops / num_steps
         self.last_seconds = seconds / num_steps
 
@@ -255,6 +257,7 @@ class Accountant:
             "model_flops": model_flops,
             "hardware_flops": hardware_flops,
             "tokens": tokens,
+            "padding_tokens": padding_tokens,
             "loss": None if loss is None or math.isnan(loss) else loss,
             "it_energy_j": it_j,
             **{f"energy_j_{c}": j for c, j in energy.items()},
@@ -266,11 +269,24 @@ class Accountant:
             "co2e_net_kg": totals["carbon/co2e_net_kg"],
             "mfu": self._mfu(model_flops, seconds, self._local_chips),
         }
+        if epoch is not None:
+            record["epoch"] = int(epoch)
         if self.output_dir is not None:
             self._buffer.append(record)
             if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
                 self.flush()
         return record
+
+    def preview(self, **observation) -> Accountant:
+        """A copy with one more observation (`update`'s arguments) added; this accountant and its files unchanged.
+
+        For reading a run mid-interval (a summary, a checkpoint's state) without closing the interval.
+        """
+        clone = copy.copy(self)
+        clone.energy_j, clone.methods, clone.info = dict(self.energy_j), dict(self.methods), dict(self.info)
+        clone.output_dir, clone._buffer = None, []
+        clone.update(**observation)
+        return clone
 
     def set_global_totals(self, totals: Mapping[str, float], world_size: int) -> None:
         """Uses totals summed over all ranks (see `local_totals`) for `summary()` and `metrics()`."""
@@ -284,6 +300,7 @@ class Accountant:
             self.model_flops or 0.0,
             self.hardware_flops or 0.0,
             self.tokens or 0.0,
+            self.padding_tokens or 0.0,
         ]
 
     # ----------------------------------------------------------------------------------------------- output
@@ -295,12 +312,14 @@ class Accountant:
                 "model_flops": g["model_flops"] if self.model_flops is not None else None,
                 "hardware_flops": g["hardware_flops"] if self.hardware_flops is not None else None,
                 "tokens": g["tokens"] if self.tokens is not None else None,
+                "padding_tokens": g["padding_tokens"] if self.padding_tokens is not None else None,
             }
         return {
             "energy_j": self.energy_j,
             "model_flops": self.model_flops,
             "hardware_flops": self.hardware_flops,
             "tokens": self.tokens,
+            "padding_tokens": self.padding_tokens,
         }
 
     @property
@@ -368,6 +387,7 @@ class Accountant:
             "total_model_flops": model_flops,
             "total_hardware_flops": totals["hardware_flops"],
             "tokens": tokens,
+            "padding_tokens": totals["padding_tokens"],
             "mfu": mfu,
             "achieved_flops_per_chip": (
                 model_flops / self.seconds_with_model_flops / self.num_chips

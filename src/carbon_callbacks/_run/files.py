@@ -16,17 +16,17 @@ from carbon_callbacks._errors import InvalidInputError
 
 RUN_FILE = "run.json"
 STEPS_FILE = "steps.jsonl"
-#: Parent of the Keras and Flax adapters' default run directories (Lightning uses the Trainer's log dir).
-DEFAULT_RUNS_DIR = "carbon-runs"
+#: The report card in Markdown (`carbon-callbacks report RUN_DIR --markdown`), written at a run's end.
+REPORT_FILE = "report.md"
 
 
-def default_output_dir() -> Path:
-    """`./carbon-runs/<UTC timestamp>`, with a suffix when two runs start in the same second."""
+def new_run_dir(parent: Path) -> Path:
+    """A folder for a new run under `parent`: its UTC start time, with a suffix when two runs start in one second."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = Path(DEFAULT_RUNS_DIR) / stamp
+    path = parent / stamp
     suffix = 1
     while path.exists():
-        path = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{suffix}"
+        path = parent / f"{stamp}-{suffix}"
         suffix += 1
     return path
 

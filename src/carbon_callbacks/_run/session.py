@@ -1,31 +1,34 @@
 """One training run, whatever the framework: everything an adapter does that is not a framework hook.
 
-Adapters (Lightning, Keras, Flax) translate their hooks into `start`, `step_flops`, `step_end`, `sync` and
-`finish`, read a batch's shape, trace a step and provide their framework's collective and logger. The session
-owns the rest: guarding hooks (a failure warns once and never reaches the training loop), the FLOP source and
-per-shape cache, the logging interval, resume state (with per-rank shares under DDP), the exception-to-status
-mapping, the meter's lifecycle, the run files and the report printed once.
+An adapter (Lightning, Keras, Flax, the Hugging Face Trainer) gives `start` its framework's pieces (the model,
+the default run folder, the device sync, the collective, the ranks) and then maps its hooks onto `count`,
+`step_end`, `close_interval`, `finish` and `state_dict`. The session owns the run policy: the FLOP source and its
+per-shape cache, when an interval closes (and, only then, the device sync, the meter reading and the sum across
+ranks), the metric keys every adapter logs, the run folder (never overwritten), resume and continuing across
+fits, the exception-to-status mapping, the meter's lifecycle, the run files and the report printed once.
 
-Per step the session adds a few numbers in memory; meters are read and the accountant updated only when a
-logging interval closes, so a short step is never read against a coarse counter.
+Per step the session adds a few numbers in memory. Reading the run (`summary`, `state_dict`) never changes it:
+the steps since the last interval are measured into the open interval, which still closes where it would have.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 from carbon_callbacks._errors import check_count, check_number
 from carbon_callbacks._run.accountant import REDUCED_FIELDS, Accountant
+from carbon_callbacks._run.files import REPORT_FILE, RUN_FILE, new_run_dir
 from carbon_callbacks._run.step_flops import StepFlops, StepFlopsSource
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks._site.tables import Chip, get_chip
+from carbon_callbacks._warnings import strict, warn_once
 from carbon_callbacks.meters._base import Measurement
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 _WINDOW = "carbon-callbacks/interval"
 #: Share of a run of known length after which the projection of its total is logged once.
 PROJECT_AFTER = 0.2
+#: The metrics every adapter logs, in this order; `carbon/flops` and `carbon/mfu` only when they can be known.
+METRIC_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "carbon/flops", "carbon/step_time_s",
+               "carbon/mfu")
 
 
 def status_for(exception: BaseException | None) -> str:
@@ -44,13 +50,15 @@ def status_for(exception: BaseException | None) -> str:
 
 def guarded(hook: Callable) -> Callable:
     """Decorates an adapter method (on an object with a `session`) so a failure in it warns once per hook and
-    returns `None` instead of reaching the training loop."""
+    returns `None` instead of reaching the training loop; in strict mode (`CARBON_CALLBACKS_STRICT=1`) it raises."""
 
     @functools.wraps(hook)
     def wrapper(self, *args, **kwargs):
         try:
             return hook(self, *args, **kwargs)
         except Exception as err:  # our bookkeeping must never end the user's training
+            if strict():
+                raise
             self.session.hook_failed(hook.__name__, err)
             return None
 
@@ -58,9 +66,9 @@ def guarded(hook: Callable) -> Callable:
 
 
 class RunSession:
-    """Turns a training loop's steps into `carbon/*` metrics, a run directory and a report.
+    """Turns a training loop's steps into `carbon/*` metrics, a run folder and a report.
 
-    The keyword arguments are the ones every adapter takes (see the README's adapter section).
+    The keyword arguments are the ones every adapter takes (see the README's "Use" section).
 
     Args:
         region: a name from the regions table. Defaults to `None`.
@@ -69,12 +77,20 @@ class RunSession:
         pue: power usage effectiveness. Defaults to `None` (the provider's, else the industry average, labelled).
         chip: the accelerator, a name from the chips table (for MFU and modeled power). Defaults to `None`.
         num_chips: chips in the whole run. Defaults to `None`: the adapter's count, else one per rank.
-        output_dir: where `run.json` and `steps.jsonl` are written (by rank 0). Defaults to `None`: the adapter's.
+        output_dir: where `run.json` and `steps.jsonl` are written (by rank 0). A folder that already holds a run
+            gets a new timestamped subfolder instead. Defaults to `None`: the adapter's (one folder per run).
         log_every_n_steps: steps per logging interval. Defaults to `None`: the adapter's (its framework's).
         flops: model FLOPs per training step, given by the user; overrides counting. Defaults to `None`.
-        meter: a `carbon_callbacks.meters.Meter`, owned by the caller. Defaults to `None`: one made per run
-            (the adapter's or `create_meter`) and closed at its end.
+        meter: a `carbon_callbacks.meters` meter, owned by the caller. Defaults to `None`: one made per run (the
+            adapter's or `create_meter`) and closed at its end.
+        nvml: meter NVIDIA GPUs through NVML when a default meter is made. Defaults to `True`.
+        rapl: meter the CPU through RAPL when a default meter is made; `False` models it (TDP x utilisation)
+            without a warning. Defaults to `True`.
         dtype: dtype whose dense peak defines MFU. Defaults to `"bf16"`.
+        training_type: what the run is, for the model card (`"pre-training"`, `"fine-tuning"`, ...). Defaults to
+            `None`.
+        continue_runs: a later run with the same callback (a second `fit`) continues this one: same folder, totals
+            carried on. Defaults to `False`: every run has a folder and totals of its own.
 
     Raises:
         InvalidInputError: at construction, for a missing location or an unusable number.
@@ -94,365 +110,457 @@ class RunSession:
         log_every_n_steps: int | None = None,
         flops: float | None = None,
         meter=None,
+        nvml: bool = True,
+        rapl: bool = True,
         dtype: str = "bf16",
+        training_type: str | None = None,
+        continue_runs: bool = False,
     ) -> None:
-        self.site = resolve_site(region=region, intensity=intensity, net_intensity=net_intensity, pue=pue)
-        self.chip: Chip | None = get_chip(chip) if chip is not None else None
-        self.num_chips = check_count("num_chips", num_chips) if num_chips is not None else None
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.log_every_n_steps = (
-            check_count("log_every_n_steps", log_every_n_steps) if log_every_n_steps is not None else None
-        )
-        self.flops = check_number("flops", flops, non_negative=True) if flops is not None else None
-        self.dtype = dtype
+        self._site = resolve_site(region=region, intensity=intensity, net_intensity=net_intensity, pue=pue)
+        self._chip: Chip | None = get_chip(chip) if chip is not None else None
+        self._num_chips = check_count("num_chips", num_chips) if num_chips is not None else None
+        self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._log_every = check_count("log_every_n_steps", log_every_n_steps) if log_every_n_steps else None
+        given = check_number("flops", flops, non_negative=True) if flops is not None else None
+        self._dtype = dtype
         self._user_meter = meter
-        self.meter = meter
-        self.accountant: Accountant | None = None
-        self.running = False
-        self.rank = 0
-        self.world_size = 1
-        self.interval = self.log_every_n_steps or 1
-        self.total_steps: int | None = None
-        self.summary_at_finish: dict | None = None
-        self.last_metrics: dict[str, float] = {}
+        self._meter = meter
+        self._sensors = {"nvml": bool(nvml), "rapl": bool(rapl)}
+        self._continue_runs = bool(continue_runs)
+        self._info: dict = {"training_type": training_type} if training_type else {}
+        self._accountant: Accountant | None = None
+        self._running = False
+        self._rank, self._world_size, self._interval = 0, 1, self._log_every or 1
+        self._total_steps: int | None = None
+        self._device_sync: Callable[[Any], None] | None = None
+        self._reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None
+        self._finished: dict | None = None
+        self._metrics: dict[str, float] = {}
         self._warned: set[str] = set()
-        self._info: dict = {}
-        self._restored_state: dict | None = None
+        self._restored: dict | None = None
         self._final_state: dict | None = None
         self._synced_local: list[float] | None = None
         self._global_totals: list[float] | None = None
         self._projection_records: list[dict] = []
         self._projection_done = True
-        self.flop_source = StepFlopsSource(self.flops, self.warn_once, lambda **info: self.accountant.annotate(**info))
-        self._reset_window()
+        self._flops = StepFlopsSource(given, self.warn, lambda **facts: self._accountant.annotate(**facts))
+        self._reset_interval()
+
+    # ------------------------------------------------------------------------------------------- reading
+    @property
+    def running(self) -> bool:
+        """Whether a run is open (between `start` and `finish`)."""
+        return self._running
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Where this rank writes its run files (`None` on ranks other than 0 or when they cannot be written)."""
+        return self._accountant.output_dir if self._accountant is not None else None
+
+    @property
+    def interval(self) -> int:
+        """Steps per logging interval of the current run."""
+        return self._interval
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The `carbon/*` values to log now: the same keys from the run's start (NaN until measured).
+
+        `carbon/energy_kwh`, `carbon/co2e_kg` and `carbon/co2e_net_kg` are the run's totals at the last closed
+        interval; `carbon/step_time_s` and `carbon/mfu` that interval's; `carbon/flops` the last step's model
+        FLOPs. After `finish`, the run's final totals (equal to `run.json`).
+        """
+        return dict(self._metrics)
+
+    @property
+    def finished_summary(self) -> dict | None:
+        """The last finished run's `run.json` content (`None` before the first run ends)."""
+        return self._finished
+
+    @property
+    def flops_given(self) -> bool:
+        """Whether the run's FLOPs per step are given (`flops=` or `flops_per_batch`), not counted."""
+        return self._flops.fixed is not None
+
+    def params(self) -> dict[str, Any]:
+        """The run's facts for a logger's hyperparameters: site, chip, how energy and FLOPs are obtained, version."""
+        from carbon_callbacks import __version__
+
+        summary = self.summary() or {}
+        info = summary.get("info", {})
+        site = self._site
+        return {
+            "carbon/region": site.region or "none (intensity given)",
+            "carbon/gross_kg_per_kwh": site.gross_kg_per_kwh,
+            "carbon/net_kg_per_kwh": site.net_kg_per_kwh,
+            "carbon/pue": site.pue,
+            "carbon/chip": self._chip.name if self._chip is not None else "none",
+            "carbon/num_chips": summary.get("num_chips"),
+            "carbon/energy_method": summary.get("energy_method") or "not measured yet",
+            "carbon/flops_method": info.get("flops_method") or "not counted",
+            "carbon/version": __version__,
+        }
+
+    def summary(self) -> dict | None:
+        """The `run.json` content up to the last completed step (the final one after `finish`).
+
+        The steps since the last interval are included, measured into the open interval: reading never closes
+        or splits an interval.
+        """
+        if self._finished is not None and not self._running:
+            return self._finished
+        if self._accountant is None:
+            return None
+        return self._with_pending().summary()
 
     # ------------------------------------------------------------------------------------------- warnings
-    def warn_once(self, key: str, message: str) -> None:
-        """Warns `message` the first time `key` is seen in this run (every adapter's one registry)."""
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    def warn(self, key: str, message: str) -> None:
+        """Warns `message` the first time `key` is seen in this run, at the user's line."""
+        warn_once(key, message, seen=self._warned)
         log.debug("carbon-callbacks: %s", message)
 
     def hook_failed(self, where: str, err: Exception) -> None:
         """Reports a failure inside an adapter hook once; training goes on (see `guarded`)."""
         log.debug("carbon-callbacks: %s failed", where, exc_info=err)
-        self.warn_once(f"hook:{where}", f"carbon-callbacks: {where} failed ({type(err).__name__}: {err}); training "
-                       "continues, but the carbon figures of this run may miss the affected steps.")
+        self.warn(f"hook:{where}", f"carbon-callbacks: {where} failed ({type(err).__name__}: {err}); training "
+                  "continues, but the carbon figures of this run may miss the affected steps.")
 
     def annotate(self, **info) -> None:
         """Adds run facts to `run.json`'s `info` (e.g. `moe_twin=`, `training_type=`), now or at the next start."""
         self._info.update(info)
-        if self.accountant is not None:
-            self.accountant.annotate(**info)
+        if self._accountant is not None:
+            self._accountant.annotate(**info)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(
         self,
         *,
         model: Any = None,
+        config: Any = None,
         traceable: bool = True,
         untraceable_reason: str = "",
-        output_dir: str | Path | None = None,
+        default_dir: str | Path | None = None,
         log_every_n_steps: int = 50,
         world_size: int = 1,
         rank: int = 0,
         info: dict | None = None,
         total_steps: int | None = None,
         num_chips: int | None = None,
-        meter_factory: Callable[[], Any] | None = None,
+        meter_factory: Callable[..., Any] | None = None,
+        device_sync: Callable[[Any], None] | None = None,
+        reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None,
     ) -> None:
-        """Begins a run: a fresh accountant (or the restored totals), the FLOP source, the meter, the first interval.
+        """Begins a run: the run folder, a fresh accountant (or the restored totals), the FLOP source, the meter.
+
+        A run still open (a previous run that raised before its end) is closed first as `interrupted`.
 
         Args:
             model: what the framework trains; its `flops_per_batch` attribute or model config choose the FLOP
                 source (see `StepFlopsSource`). Defaults to `None`.
+            config: a model config the adapter found elsewhere (e.g. in a Flax step's arguments), used when
+                `model` carries none. Defaults to `None`.
             traceable: whether the adapter can trace this model's step. Defaults to `True`.
             untraceable_reason: why not, for the warning. Defaults to `""`.
-            output_dir: the adapter's default run directory, used when the user gave none. Defaults to `None`.
+            default_dir: the adapter's run folder, used when the user gave no `output_dir` (a logger's version
+                folder, the logger's run id); a new timestamped folder under `./carbon-runs` when `None`.
+                Defaults to `None`.
             log_every_n_steps: the adapter's default interval, used when the user gave none. Defaults to `50`.
             world_size: ranks in the run. Defaults to `1`.
             rank: this process's global rank; only rank 0 writes files and prints. Defaults to `0`.
             info: run facts for the report (framework, model, parameters). Defaults to `None`.
             total_steps: the run's length in steps, when known; after `PROJECT_AFTER` of it the projected total is
-                logged once and stored under `info["projection"]`. Defaults to `None`: the `total_steps`
-                attribute, if set.
+                logged once and stored under `info["projection"]`. Defaults to `None`.
             num_chips: the adapter's chip count, used when the user gave none. Defaults to `None`: one per rank.
-            meter_factory: builds this run's meter when the user gave none. Defaults to `None`: `create_meter`.
+            meter_factory: builds this run's meter when the user gave none, from `create_meter`'s `chip`, `nvml`
+                and `rapl` keywords. Defaults to `None`: `create_meter`.
+            device_sync: waits for the device, given the outputs passed to `step_end`; called only before the
+                meter is read. Defaults to `None`.
+            reduce_sum: the framework's collective summing a list of floats over ranks (called on every rank at
+                every interval close and at a finished end). Defaults to `None`.
         """
+        if self._running:
+            self.finish("interrupted")
+        continuing = self._continue_runs and self._finished is not None and self._restored is None
+        if continuing:
+            self._restored = self._final_state
         self._warned = set()
-        self.rank, self.world_size = rank, check_count("world_size", world_size)
-        if total_steps is not None:
-            self.total_steps = check_count("total_steps", total_steps)
-        self.interval = self.log_every_n_steps or check_count("log_every_n_steps", log_every_n_steps)
+        self._rank, self._world_size = rank, check_count("world_size", world_size)
+        self._total_steps = check_count("total_steps", total_steps) if total_steps is not None else None
+        self._interval = self._log_every or check_count("log_every_n_steps", log_every_n_steps)
+        self._device_sync, self._reduce_sum = device_sync, reduce_sum
         self._synced_local = self._global_totals = None
-        self._final_state = self.summary_at_finish = None
-        self.last_metrics = {}
-        directory = self.output_dir if self.output_dir is not None else output_dir
-        self.accountant = Accountant(
-            self.site,
-            chip=self.chip,
-            num_chips=self.num_chips or num_chips or world_size,
-            dtype=self.dtype,
-            output_dir=self._writable(directory) if rank == 0 else None,
+        self._final_state = self._finished = None
+        restored, self._restored = self._restored, None
+        self._accountant = Accountant(
+            self._site,
+            chip=self._chip,
+            num_chips=self._num_chips or num_chips or world_size,
+            dtype=self._dtype,
+            output_dir=self._run_folder(default_dir, restored) if rank == 0 else None,
             world_size=world_size,
         )
         self._projection_records = []
-        self._projection_done = self._restored_state is not None  # a resumed step log: no projection
-        if self._restored_state is not None:
-            self.accountant.load_state_dict(self._restored_state)
-            self._restored_state = None
-        self.accountant.annotate(**{**(info or {}), **self._info})
-        self.flop_source.reset(model, traceable=traceable, untraceable_reason=untraceable_reason)
+        self._projection_done = restored is not None  # a resumed step log: no projection
+        if restored is not None:
+            self._accountant.load_state_dict(restored)
+        self._accountant.annotate(**{**(info or {}), **self._info})
+        self._flops.reset(model, config=config, traceable=traceable, untraceable_reason=untraceable_reason)
         if self._user_meter is None:
             if meter_factory is None:
-                from carbon_callbacks.meters import create_meter
-
-                meter_factory = functools.partial(create_meter, chip=self.chip.name if self.chip else None)
-            self.meter = meter_factory()
-        self.running = True
-        self._reset_window()
+                from carbon_callbacks.meters import create_meter as meter_factory
+            self._meter = meter_factory(chip=self._chip.name if self._chip else None, **self._sensors)
+        keys = [k for k in METRIC_KEYS if k not in ("carbon/flops", "carbon/mfu")]
+        if self._flops.can_count:
+            keys.insert(3, "carbon/flops")
+            if self._accountant.peak_flops is not None:
+                keys.append("carbon/mfu")
+        self._metrics = dict.fromkeys(keys, math.nan)  # NaN: what a logger shows as "no value yet"
+        self._running = True
+        self._reset_interval()
         self._begin_window()
-        log.info("carbon-callbacks: site %s, meter %s, rank %d/%d", self.site, type(self.meter).__name__, rank,
-                 world_size)
+        if rank == 0:
+            self._accountant.flush()  # run.json exists (status running) from the first step on
+        log.info("carbon-callbacks: site %s, meter %s, rank %d/%d, run folder %s", self._site,
+                 type(self._meter).__name__, rank, world_size, self.run_dir)
 
-    def _writable(self, directory: str | Path | None) -> Path | None:
+    def _run_folder(self, default_dir: str | Path | None, restored: dict | None) -> Path | None:
+        """The run's folder: the restored run's, else the user's or the adapter's, never one holding another run."""
+        if restored is not None and restored.get("run_dir"):
+            return self._writable(Path(restored["run_dir"]))
+        if self._output_dir is not None:
+            folder = self._output_dir
+        elif default_dir is not None:
+            folder = Path(default_dir)
+        else:
+            return self._writable(new_run_dir(Path("carbon-runs")))
+        if (folder / RUN_FILE).exists():
+            taken, folder = folder, new_run_dir(folder)
+            print(f"carbon-callbacks: {taken} already holds a run; this run is written to {folder}", flush=True)
+        return self._writable(folder)
+
+    def _writable(self, directory: Path) -> Path | None:
         """`directory` if the run files can be written there, else `None` (the run is kept in memory), warned once."""
-        if directory is None:
-            return None
-        path = Path(directory)
-        probe = path / f".carbon-callbacks-{uuid.uuid4().hex}"
+        probe = directory / f".carbon-callbacks-{uuid.uuid4().hex}"
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            self.warn_once("output_dir", f"carbon-callbacks: cannot write the run files to {str(path)!r} "
-                           f"({type(err).__name__}: {err}); the run is kept in memory and its metrics are still "
-                           "logged. Pass output_dir= a writable directory to keep the files.")
+            self.warn("output_dir", f"carbon-callbacks: cannot write the run files to {str(directory)!r} "
+                      f"({type(err).__name__}: {err}); the run is kept in memory and its metrics are still logged. "
+                      "Pass output_dir= a writable directory to keep the files.")
             return None
-        return path
-
-    @property
-    def run_dir(self) -> Path | None:
-        """Where this rank writes its run files (`None` on ranks other than 0 or when they cannot be written)."""
-        return self.accountant.output_dir if self.accountant is not None else None
-
-    @property
-    def peak_flops(self) -> float | None:
-        """Dense peak FLOP/s of one chip for MFU (`None`: no chip with a peak for the dtype, or not started)."""
-        return self.accountant.peak_flops if self.accountant is not None else None
+        return directory.resolve()
 
     def flush(self) -> None:
-        """Writes the run files now (step log and `run.json`), e.g. at an epoch's end; a crash later loses nothing
+        """Writes the run files now (the step log and `run.json`), e.g. at an epoch's end; a crash later loses nothing
         before this point."""
-        if self.accountant is not None:
-            self.accountant.flush()
+        if self._accountant is not None:
+            self._accountant.flush()
 
-    @property
-    def pending_steps(self) -> int:
-        """Steps recorded in the open interval."""
-        return self._steps
-
-    def step_flops(
+    def count(
         self,
-        batch_key: Callable[[], Hashable],
+        batch_key: Hashable,
         trace: Callable[[], Any] | None,
         token_shape: Callable[[], tuple[int, int] | None],
+        *,
+        replicas: int = 1,
     ) -> StepFlops | None:
-        """One step's FLOPs and tokens for the batch described by `batch_key()` (see `StepFlopsSource.for_batch`)."""
-        return self.flop_source.for_batch(batch_key(), trace, token_shape)
+        """One step's FLOPs and token positions for the batch described by `batch_key`, counted once per key.
+
+        Args:
+            batch_key: a hashable description of the batch's shapes and dtypes.
+            trace: counts one step on this batch (see `StepFlopsSource.for_batch`); `None` when it cannot be traced.
+            token_shape: the batch's `(batch, sequence)` of token ids, or `None`.
+            replicas: replicas that each run this batch (the count is of one); given FLOPs are already global.
+                Defaults to `1`.
+        """
+        figures = self._flops.for_batch(batch_key, trace, token_shape)
+        if figures is None or replicas == 1 or self._flops.fixed is not None:
+            return figures
+        return figures.times(replicas)
 
     def step_end(
         self,
         *,
         flops: StepFlops | None = None,
+        real_tokens: Any = None,
         loss: Any = None,
         step: int | None = None,
         num_steps: int = 1,
-        sync: Callable[[], None] | None = None,
+        outputs: Any = None,
         close: bool | None = None,
-    ) -> bool:
+        epoch: int | None = None,
+    ) -> dict[str, float] | None:
         """Records finished training steps; closes the interval on a logging step.
 
         Args:
-            flops: FLOPs and tokens of the `num_steps` steps together. Defaults to `None`.
-            loss: the last step's loss; a device scalar is read only when the interval closes, after `sync`.
-                Defaults to `None`.
-            step: the framework's global step. Defaults to `None`.
+            flops: FLOPs and token positions of the `num_steps` steps together. Defaults to `None`.
+            real_tokens: the tokens that are not padding (an attention mask's sum), a number or a device scalar
+                read only when the interval closes. Defaults to `None`: every token position is a token.
+            loss: the last step's loss; a device scalar is read only when the interval closes. Defaults to `None`.
+            step: the step number the framework's logger uses for this row. Defaults to `None`.
             num_steps: training steps this call covers (Keras runs `steps_per_execution` per call). Defaults to `1`.
-            sync: waits for the device before the clock and meters are read; called only when an interval closes.
-                Defaults to `None`.
+            outputs: what `device_sync` waits on when the interval closes (the step's outputs). Defaults to `None`.
             close: whether this is a logging step, as the framework decides (Lightning's `log_every_n_steps`).
                 Defaults to `None`: every `interval` steps.
+            epoch: the epoch this row belongs to, where the framework logs per epoch. Defaults to `None`.
 
         Returns:
-            True when an interval closed, i.e. fresh metrics are in `last_metrics`.
+            The fresh `metrics` when an interval closed, else `None`.
         """
         self._steps += num_steps
         if flops is not None:
-            if flops.model_flops is not None:
-                self._model_flops = (self._model_flops or 0.0) + flops.model_flops
-            if flops.hardware_flops is not None:
-                self._hardware_flops = (self._hardware_flops or 0.0) + flops.hardware_flops
-            if flops.tokens is not None:
-                self._tokens = (self._tokens or 0.0) + flops.tokens
-        self._loss, self._step = loss, step
-        if not (self._steps >= self.interval if close is None else close):
-            return False
-        self.close_interval(sync=sync)
-        return True
+            self._model_flops = _plus(self._model_flops, flops.model_flops)
+            self._hardware_flops = _plus(self._hardware_flops, flops.hardware_flops)
+            self._positions = _plus(self._positions, flops.tokens)
+            if flops.model_flops is not None and "carbon/flops" in self._metrics:
+                self._metrics["carbon/flops"] = flops.model_flops / num_steps
+        if real_tokens is not None:
+            self._real_tokens.append(real_tokens)
+        self._loss, self._step, self._outputs = loss, step, outputs
+        if not (self._steps >= self._interval if close is None else close):
+            return None
+        return self.close_interval(epoch=epoch)
 
-    def close_interval(self, sync: Callable[[], None] | None = None) -> None:
-        """Reads the meter for the steps since the last interval and adds them to the accountant."""
-        if self._steps == 0 or self.accountant is None:
-            return
-        if sync is not None:
-            sync()
-        measurement = self._end_window()
-        loss = self._loss
+    def close_interval(self, *, epoch: int | None = None) -> dict[str, float] | None:
+        """Closes the open interval now (e.g. at an epoch's end): device sync, meter reading, sum over ranks.
+
+        Returns:
+            The fresh `metrics`, or `None` when no step was pending.
+        """
+        if self._steps == 0 or self._accountant is None or not self._running:
+            return None
+        self._measure()
         try:
-            loss = None if loss is None else float(loss)
-        except (TypeError, ValueError):
-            loss = None
-        try:
-            record = self.accountant.update(
-                seconds=measurement.seconds,
-                energy_j=measurement.energy_j,
-                energy_method=measurement.methods,
-                model_flops=self._model_flops,
-                hardware_flops=self._hardware_flops,
-                tokens=self._tokens,
-                loss=loss,
-                step=self._step,
-                num_steps=self._steps,
-            )
+            record = self._accountant.update(**self._observation(), epoch=epoch)
         finally:
-            self._reset_window()
-            self._begin_window()
-        self.last_metrics = self.accountant.metrics()
+            self._reset_interval()
+        if self._world_size > 1 and self._reduce_sum is not None:
+            self._sync(self._reduce_sum)
+        self._refresh_metrics()
         if not self._projection_done:
             self._projection_records.append(record)
-            if self.world_size == 1:
-                self._maybe_project()
-
-    def sync(self, reduce_sum: Callable[[Sequence[float]], Sequence[float]]) -> None:
-        """Sums the ranks' totals with the framework's collective `reduce_sum` (called on every rank)."""
-        local = self.accountant.local_totals()
-        summed = [float(v) for v in reduce_sum(local)]
-        self._synced_local, self._global_totals = local, summed
-        self.accountant.set_global_totals(dict(zip(REDUCED_FIELDS, summed)), self.world_size)
-        self.last_metrics = self.accountant.metrics()
-        if not self._projection_done:
             self._maybe_project()
+        return self.metrics
 
-    def summary(self) -> dict | None:
-        """The `run.json` content up to the last completed step (the final one after `finish`)."""
-        if self.summary_at_finish is not None:
-            return self.summary_at_finish
-        if self.accountant is None:
-            return None
-        self.close_interval()
-        return self.accountant.summary()
-
-    def finish(
-        self,
-        status: str = "finished",
-        *,
-        sync: Callable[[], None] | None = None,
-        reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None,
-    ) -> dict | None:
+    def finish(self, status: str = "finished") -> dict | None:
         """Ends the run: the last interval, the ranks' sum, the run files, the report (rank 0), the meter.
 
         Args:
-            status: `"finished"`, `"interrupted"` or `"failed"` (see `status_for`). Defaults to `"finished"`.
-            sync: waits for the device before the last reading. Defaults to `None`.
-            reduce_sum: the framework's collective, when every rank ends here together. Defaults to `None`: with
-                several ranks (after an exception, when others may be gone), the last global totals plus this
-                rank's work since.
+            status: `"finished"`, `"interrupted"` or `"failed"` (see `status_for`). Only a finished run sums over
+                ranks with the collective (after an exception other ranks may be gone): otherwise the last global
+                totals plus this rank's work since. Defaults to `"finished"`.
 
         Returns:
             The run's summary (the content of `run.json`), or `None` when no run was open.
         """
-        if not self.running:
+        if not self._running:
             return None
-        self.running = False
+        accountant = self._accountant
         try:
-            self.close_interval(sync=sync)
-            if self.world_size > 1:
-                if reduce_sum is not None:
-                    self.sync(reduce_sum)
+            if self._steps:
+                self._measure()
+                accountant.update(**self._observation())
+            if self._world_size > 1:
+                if status == "finished" and self._reduce_sum is not None:
+                    self._sync(self._reduce_sum)
                 elif self._global_totals is not None:
-                    now = self.accountant.local_totals()
+                    now = accountant.local_totals()
                     estimate = [g + n - s for g, n, s in zip(self._global_totals, now, self._synced_local)]
-                    self.accountant.set_global_totals(dict(zip(REDUCED_FIELDS, estimate)), self.world_size)
+                    accountant.set_global_totals(dict(zip(REDUCED_FIELDS, estimate)), self._world_size)
                     self._global_totals, self._synced_local = estimate, now
         except Exception as err:
+            if strict():
+                raise
             self.hook_failed("closing the last interval", err)
         finally:
-            self.summary_at_finish = self.accountant.close(status)
-            self._final_state = self._with_global_shares(self.accountant.state_dict())
+            self._running = False
+            self._reset_interval()
+            self._finished = accountant.close(status)
+            self._final_state = self._with_global_shares(accountant.state_dict())
+            self._refresh_metrics()
             self._close_meter()
-        if self.rank == 0:
-            from carbon_callbacks._reports.report import format_report
+        if self._rank == 0:
+            from carbon_callbacks._reports.report import format_report, read_report, render_markdown
 
             where = self.run_dir
-            print(format_report(self.summary_at_finish) + (f"\nrun files: {where}" if where is not None else ""),
-                  flush=True)
-        return self.summary_at_finish
+            if where is not None:
+                try:
+                    (where / REPORT_FILE).write_text(render_markdown(read_report(where)) + "\n", encoding="utf-8")
+                except OSError as err:
+                    self.warn("report", f"carbon-callbacks: cannot write {where / REPORT_FILE} ({err}).")
+            print(format_report(self._finished) + (f"\nrun files: {where}" if where is not None else ""), flush=True)
+        return self._finished
 
     def _close_meter(self) -> None:
         """Closes a meter this session made (a user's meter is the user's to close); the next run makes a new one."""
-        if self._user_meter is not None or self.meter is None:
+        if self._user_meter is not None or self._meter is None:
             return
         try:
-            self.meter.close()
+            self._meter.close()
         except Exception as err:  # a sensor's shutdown must not fail the user's run
             log.warning("carbon-callbacks: closing the meter failed: %s", err)
-        self.meter = None
+        self._meter = None
+
+    def _refresh_metrics(self) -> None:
+        """Takes the accountant's totals into `metrics`, keeping every key of the run's schema."""
+        fresh = self._accountant.metrics()
+        fresh.pop("carbon/flops", None)  # the last step's own count, kept per step
+        for key in self._metrics:
+            if key in fresh:
+                self._metrics[key] = fresh[key]
 
     # ------------------------------------------------------------------------------------------- resume
-    def state_dict(self, reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None) -> dict:
-        """The run's totals for a checkpoint, so a resumed run continues them.
+    def state_dict(self) -> dict:
+        """The run's totals and folder for a checkpoint, so a resumed run continues them in the same folder.
 
-        Under several ranks the additive totals are summed (with `reduce_sum`, on every rank) and stored as an
+        Includes the steps since the last interval (measured into the open interval, which is not split). Under
+        several ranks the additive totals are summed with the collective (call on every rank) and stored as an
         equal share per rank, so a resume with the same world size continues the global totals exactly.
         """
-        if not self.running:
-            return dict(self._restored_state or self._final_state or {})
-        self.close_interval()
-        if reduce_sum is not None and self.world_size > 1:
-            self.sync(reduce_sum)
-        return self._with_global_shares(self.accountant.state_dict())
+        if not self._running:
+            return dict(self._restored or self._final_state or {})
+        accountant = self._with_pending()
+        if self._world_size > 1 and self._reduce_sum is not None:
+            local = accountant.local_totals()
+            summed = [float(v) for v in self._reduce_sum(local)]
+            return self._with_global_shares(accountant.state_dict(), summed)
+        return self._with_global_shares(accountant.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
-        """Continues from `state_dict()` totals: applied now if running, else at the next `start`."""
-        if not state:
-            return
-        if self.running:
-            self.accountant.load_state_dict(state)
-        else:
-            self._restored_state = dict(state)
+        """Continues from `state_dict()` totals and folder at the next `start` (frameworks restore before training)."""
+        if state:
+            self._restored = dict(state)
 
-    def _with_global_shares(self, state: dict) -> dict:
-        """`state` with each additive total replaced by its equal share of the last global (summed) totals."""
-        if self.world_size == 1 or self._global_totals is None:
-            return state
-        named = dict(zip(REDUCED_FIELDS, (v / self.world_size for v in self._global_totals)))
-        state["energy_j"] = {k[len("energy_j_"):]: v for k, v in named.items() if k.startswith("energy_j_")}
-        for key in ("model_flops", "hardware_flops", "tokens"):
-            if state.get(key) is not None:
-                state[key] = named[key]
+    def _with_global_shares(self, state: dict, global_totals: Sequence[float] | None = None) -> dict:
+        """`state` with each additive total replaced by its equal share of the global (summed) totals."""
+        totals = self._global_totals if global_totals is None else global_totals
+        if self._world_size > 1 and totals is not None:
+            named = dict(zip(REDUCED_FIELDS, (v / self._world_size for v in totals)))
+            state["energy_j"] = {k[len("energy_j_"):]: v for k, v in named.items() if k.startswith("energy_j_")}
+            for key in ("model_flops", "hardware_flops", "tokens", "padding_tokens"):
+                if state.get(key) is not None:
+                    state[key] = named[key]
+        if self.run_dir is not None:
+            state["run_dir"] = str(self.run_dir)
         return state
+
+    def _sync(self, reduce_sum: Callable[[Sequence[float]], Sequence[float]]) -> None:
+        """Sums the ranks' totals with the framework's collective (called on every rank)."""
+        local = self._accountant.local_totals()
+        summed = [float(v) for v in reduce_sum(local)]
+        self._synced_local, self._global_totals = local, summed
+        self._accountant.set_global_totals(dict(zip(REDUCED_FIELDS, summed)), self._world_size)
 
     # ------------------------------------------------------------------------------------------- projection
     def _maybe_project(self) -> None:
         """Once `PROJECT_AFTER` of a run of known length (and 3 intervals) is done, logs the projected total once."""
-        acct = self.accountant
+        acct = self._accountant
         if (
-            self.total_steps is None
-            or acct.steps < PROJECT_AFTER * self.total_steps
-            or acct.steps >= self.total_steps
+            self._total_steps is None
+            or acct.steps < PROJECT_AFTER * self._total_steps
+            or acct.steps >= self._total_steps
             or len(self._projection_records) < 3  # the first is warm-up: at least two steady ones
         ):
             return
@@ -463,7 +571,7 @@ class RunSession:
 
             projection = project(
                 records,
-                self.total_steps,
+                self._total_steps,
                 gross_kg_per_kwh=acct.site.gross_kg_per_kwh,
                 net_kg_per_kwh=acct.site.net_kg_per_kwh,
             ).to_dict()
@@ -479,28 +587,69 @@ class RunSession:
             log.warning("carbon-callbacks: the projection failed: %s", err)
             return
         acct.annotate(projection=projection)
-        if self.rank == 0:
+        if self._rank == 0:
             log.info(
                 "carbon-callbacks: projected after %d of %d steps: %.4g kWh [%.4g, %.4g], %.4g kg CO2e gross",
-                projection["steps_observed"], self.total_steps, projection["energy_kwh"],
+                projection["steps_observed"], self._total_steps, projection["energy_kwh"],
                 projection["energy_kwh_low"], projection["energy_kwh_high"], projection["gross_co2e_kg"],
             )
 
-    # ------------------------------------------------------------------------------------------- meter windows
-    def _reset_window(self) -> None:
+    # ------------------------------------------------------------------------------------------- the interval
+    def _reset_interval(self) -> None:
         self._steps = 0
         self._model_flops: float | None = None
         self._hardware_flops: float | None = None
-        self._tokens: float | None = None
+        self._positions: float | None = None
+        self._real_tokens: list[Any] = []
         self._loss: Any = None
         self._step: int | None = None
-        self._window_start = time.perf_counter()
-        self._window_open = False
+        self._outputs: Any = None
+        self._measured: Measurement | None = None  # the open interval's energy read so far (by a `summary`)
+
+    def _observation(self) -> dict:
+        """The open interval as `Accountant.update` arguments (after `_measure`)."""
+        measured = self._measured
+        tokens, padding = self._positions, None
+        if self._real_tokens and tokens is not None:
+            real = float(sum(float(t) for t in self._real_tokens))
+            tokens, padding = real, max(tokens - real, 0.0)
+        try:
+            loss = None if self._loss is None else float(self._loss)
+        except (TypeError, ValueError):
+            loss = None
+        return dict(
+            seconds=measured.seconds,
+            energy_j=measured.energy_j,
+            energy_method=measured.methods,
+            model_flops=self._model_flops,
+            hardware_flops=self._hardware_flops,
+            tokens=tokens,
+            padding_tokens=padding,
+            loss=loss,
+            step=self._step,
+            num_steps=self._steps,
+        )
+
+    def _with_pending(self) -> Accountant:
+        """The accountant with the open interval's steps added, as a copy (the run itself is not changed)."""
+        if not self._running or self._steps == 0:
+            return self._accountant
+        self._measure()
+        return self._accountant.preview(**self._observation())
+
+    def _measure(self) -> None:
+        """Adds the energy since the last reading to the open interval (device sync first), and reads on."""
+        if self._device_sync is not None:
+            self._device_sync(self._outputs)
+        measurement = self._end_window()
+        self._measured = measurement if self._measured is None else self._measured + measurement
+        self._begin_window()
 
     def _begin_window(self) -> None:
         self._window_start = time.perf_counter()
+        self._window_open = False
         try:
-            self.meter.begin_window(_WINDOW)
+            self._meter.begin_window(_WINDOW)
             self._window_open = True
         except Exception as err:
             self._warn_meter_failure(err)
@@ -510,14 +659,14 @@ class RunSession:
         if self._window_open:
             self._window_open = False
             try:
-                return self.meter.end_window(_WINDOW)
+                return self._meter.end_window(_WINDOW)
             except Exception as err:
                 self._warn_meter_failure(err)
         return self._fallback_measurement(seconds)
 
     def _fallback_measurement(self, seconds: float) -> Measurement:
         """A labelled TDP x time estimate for a window whose meter failed."""
-        chip = self.chip or get_chip("cpu")
+        chip = self._chip or get_chip("cpu")
         watts = chip.tdp_w or 0.0
         component = {"gpu": "gpu", "tpu": "tpu"}.get(chip.kind, "cpu")
         return Measurement(
@@ -527,6 +676,13 @@ class RunSession:
         )
 
     def _warn_meter_failure(self, err: Exception) -> None:
-        self.warn_once("meter", f"carbon-callbacks: the energy meter failed ({type(err).__name__}: {err}); windows "
-                       "it cannot measure are estimated from the chip's TDP and labelled 'modeled:tdp-fallback'. "
-                       "Training continues.")
+        self.warn("meter", f"carbon-callbacks: the energy meter failed ({type(err).__name__}: {err}); windows it "
+                  "cannot measure are estimated from the chip's TDP and labelled 'modeled:tdp-fallback'. Training "
+                  "continues.")
+
+
+def _plus(total: float | None, value: float | None) -> float | None:
+    """`total + value`, where `None` is "not known" (never 0)."""
+    if value is None:
+        return total
+    return (total or 0.0) + value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_number
@@ -66,6 +66,24 @@ def token_shape(leaves: Iterable[tuple[tuple[int, ...], bool]]) -> tuple[int, in
     return None
 
 
+#: Keys under which a batch carries the mask of its real (non-padding) tokens: Hugging Face, KerasHub.
+MASK_KEYS = ("attention_mask", "padding_mask")
+
+
+def attention_mask(batch: Any) -> Any:
+    """The 2-D mask of real tokens a batch carries under `MASK_KEYS` (a mapping, or one inside a tuple), or `None`.
+
+    Its sum is the batch's tokens without padding; it is summed on its device, read when an interval closes.
+    """
+    for candidate in (batch, *(batch if isinstance(batch, (list, tuple)) else ())):
+        if isinstance(candidate, Mapping):
+            for key in MASK_KEYS:
+                mask = candidate.get(key)
+                if mask is not None and len(getattr(mask, "shape", ())) == 2:
+                    return mask
+    return None
+
+
 def find_model_config(*candidates: Any):
     """The `TransformerConfig` one of `candidates` carries (see `_CONFIG_PATHS`), or `None`.
 
@@ -114,14 +132,15 @@ class StepFlopsSource:
         self.config = None
         self.traceable = True
 
-    def reset(self, model: Any = None, *, traceable: bool = True, untraceable_reason: str = "") -> None:
+    def reset(self, model: Any = None, *, config: Any = None, traceable: bool = True,
+              untraceable_reason: str = "") -> None:
         """Chooses the source for a new run of `model` (the object the framework trains).
 
         A new run of the same model from the same source keeps the counts made so far (a second `fit` costs no
         new trace) and what they found.
         """
         attribute = getattr(model, "flops_per_batch", None) if model is not None else None
-        config = None
+        found, config = config, None
         if self.given is not None:
             fixed, method = self.given, "given"
         elif attribute is not None and self._usable(attribute):
@@ -129,7 +148,7 @@ class StepFlopsSource:
             fixed, method = float(attribute), f"given: {owner}.flops_per_batch"
         else:
             fixed, method = None, None
-            config = find_model_config(model) if model is not None else None
+            config = (find_model_config(model) if model is not None else None) or found
         source = (model, fixed, method, config)
         if model is None or model is not self._source[0] or source[1:] != self._source[1:]:
             self._cache = {}
@@ -143,6 +162,11 @@ class StepFlopsSource:
                             "not reported; pass flops= or define `flops_per_batch`.")
         self._annotate(**({"flops_method": method} if method else {}), **self._facts)
 
+    @property
+    def can_count(self) -> bool:
+        """Whether this run's steps can get model FLOPs: given, from a model config, or traceable."""
+        return self.fixed is not None or self.config is not None or self.traceable
+
     def _usable(self, attribute: Any) -> bool:
         """Whether a `flops_per_batch` attribute is a usable number; if not, warns once and the FLOPs are counted."""
         try:
@@ -151,11 +175,6 @@ class StepFlopsSource:
             self._warn_once("flops_per_batch", f"carbon-callbacks: {err} It is ignored and the FLOPs are counted.")
             return False
         return True
-
-    def use_config(self, config) -> None:
-        """Takes the model config found by the adapter (e.g. in a Flax step's arguments), unless flops are given."""
-        if self.fixed is None and self.config is None and config is not None:
-            self.config = config
 
     def for_batch(
         self,
@@ -212,6 +231,7 @@ class StepFlopsSource:
             if predicted is not None:
                 return predicted, fit.describe()
         self.direct_counts += 1
+        self._note(flops_counts=self.direct_counts)
         try:
             result = trace()
         except Exception as err:

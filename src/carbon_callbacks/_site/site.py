@@ -12,7 +12,9 @@ from carbon_callbacks._errors import InvalidInputError, check_number
 from carbon_callbacks._site.tables import get_pue, get_region
 
 #: Cloud-region prefixes and paper datacenters, mapped to the provider whose fleet PUE applies.
-_PROVIDER_OF_PREFIX = {"gcp": "google", "google": "google", "aws": "aws", "azure": "microsoft", "microsoft": "microsoft"}
+_PROVIDER_OF_PREFIX = {
+    "gcp": "google", "google": "google", "aws": "aws", "azure": "microsoft", "microsoft": "microsoft",
+}
 
 
 @dataclass(frozen=True)

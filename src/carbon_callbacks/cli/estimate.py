@@ -61,9 +61,8 @@ def register(subparsers) -> None:
 
 def _hf_config(args):
     """The `TransformerConfig` of `--hf-config` with the workload flags (TransformerConfig.from_hf)."""
-    from carbon_callbacks.flops.analytic import TransformerConfig
-
     from carbon_callbacks.cli.flops import read_hf_config
+    from carbon_callbacks.flops.analytic import TransformerConfig
 
     values = read_hf_config(args.hf_config)
     workload = {k: v for k, v in (("seq_len", args.seq_len), ("decoder_seq_len", args.decoder_seq_len)) if v}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from carbon_callbacks._reports.format import text_table
 from carbon_callbacks._paper.table4 import PAPER, reproduce_table4
+from carbon_callbacks._reports.format import text_table
 
 _JSON_KEYS = (
     "model", "energy_mwh", "gross_tco2e", "net_tco2e", "paper_energy_mwh", "paper_gross_tco2e", "paper_net_tco2e"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from carbon_callbacks.cli.whatif import add_lever_arguments, scenarios_from_args
 from carbon_callbacks._reports.plot import plot_runs
 from carbon_callbacks._reports.report import read_report
+from carbon_callbacks.cli.whatif import add_lever_arguments, scenarios_from_args
 
 
 def register(subparsers) -> None:

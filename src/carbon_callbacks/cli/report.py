@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from carbon_callbacks._reports.model_card import hf_co2_block, write_model_card
 from carbon_callbacks._reports.report import read_report, render_json, render_latex, render_markdown, render_text
 
 
@@ -19,11 +20,23 @@ def register(subparsers) -> None:
     form.add_argument("--json", action="store_true", help="print a JSON object")
     form.add_argument("--markdown", action="store_true", help="print Markdown (table and model-card YAML)")
     form.add_argument("--latex", action="store_true", help="print a LaTeX table (booktabs)")
+    card = parser.add_argument_group("model card")
+    card.add_argument("--model-card", metavar="README.md",
+                      help="write or update the co2_eq_emissions block in this Hugging Face model card's YAML header "
+                      "(every other key and the body are kept)")
+    card.add_argument("--training-type", help="the card's training_type, e.g. pre-training or fine-tuning "
+                      "(default: the one given to the callback, if any)")
+    card.add_argument("--location", help="the card's geographical_location (default: the region's place name)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     report = read_report(args.run_dir)
+    if args.model_card:
+        block = hf_co2_block(report.summary, training_type=args.training_type, location=args.location)
+        path = write_model_card(args.model_card, block)
+        print(f"wrote co2_eq_emissions ({block.get('emissions')} g CO2e) to {path}")
+        return 0
     if args.json:
         print(render_json(report))
     elif args.markdown:

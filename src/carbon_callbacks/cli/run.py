@@ -12,9 +12,9 @@ import signal
 import subprocess
 import sys
 
-from carbon_callbacks._run.accountant import Accountant
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._reports.format import fmt_number
+from carbon_callbacks._run.accountant import Accountant
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks.cli._site_args import add_site_arguments, site_kwargs
 from carbon_callbacks.meters import create_meter
@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     )
     meter.add_argument("--tdp-w", type=float, help="CPU TDP per socket for the modeled CPU meter, W")
     meter.add_argument("--no-rapl", action="store_true", help="model the CPU without trying RAPL (no warning)")
+    meter.add_argument("--no-nvml", action="store_true", help="model the GPUs without trying NVML (no warning)")
     parser.add_argument("--json", action="store_true", help="print one JSON line on stdout after COMMAND's output")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run")
     parser.set_defaults(func=run)
@@ -74,6 +75,7 @@ def run(args) -> int:
         args.num_chips,
         host_share=host_share,
         rapl=not args.no_rapl,
+        nvml=not args.no_nvml,
         tdp_w=args.tdp_w,
         include_children=True,
     )

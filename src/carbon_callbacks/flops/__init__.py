@@ -17,14 +17,15 @@ import sys
 from typing import Any
 
 from carbon_callbacks._errors import InvalidInputError, unknown_name
-from carbon_callbacks.flops._result import FlopCount
-from carbon_callbacks.flops._result import classify_module
-from carbon_callbacks.flops.analytic import LAYER_KINDS
-from carbon_callbacks.flops.analytic import MOE_IMPLEMENTATIONS
-from carbon_callbacks.flops.analytic import TransformerConfig
-from carbon_callbacks.flops.analytic import TransformerFlops
-from carbon_callbacks.flops.analytic import expert_capacity
-from carbon_callbacks.flops.analytic import transformer_flops
+from carbon_callbacks.flops._result import FlopCount, classify_module
+from carbon_callbacks.flops.analytic import (
+    LAYER_KINDS,
+    MOE_IMPLEMENTATIONS,
+    TransformerConfig,
+    TransformerFlops,
+    expert_capacity,
+    transformer_flops,
+)
 
 __all__ = [
     "FRAMEWORKS",

@@ -108,7 +108,7 @@ class _Walker:
                     if hasattr(inner, "eqns"):
                         self.walk(inner, path, times)
 
-    def _merge(self, other: "_Walker") -> None:
+    def _merge(self, other: _Walker) -> None:
         self.total += other.total
         self.backward = self.backward or other.backward
         self.warnings.extend(other.warnings)

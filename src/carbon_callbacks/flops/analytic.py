@@ -221,7 +221,7 @@ class TransformerConfig:
         return (index + 1) % self.moe_every == 0
 
     @classmethod
-    def from_hf(cls, config, **workload) -> "TransformerConfig":
+    def from_hf(cls, config, **workload) -> TransformerConfig:
         """The shape of a Hugging Face model from its config: a `transformers` `PretrainedConfig` or the dict of
         its `config.json` (read without importing `transformers`).
 

@@ -1,39 +1,46 @@
 """One interface for every energy meter: open a window, close it, get joules per component and how they were obtained.
 
-Windows are keyed (Zeus's `begin_window` / `end_window`), so several can be open at once (a whole run and the
-current logging interval). Meters never raise into a training loop from a sensor failure: a meter whose sensor
-fails warns once, falls back to a labelled estimate for that device, and says so in `Measurement.warnings`.
+`Meter` is the protocol (what the run session calls); `MeterBase` the one implementation base the bundled meters
+share. Windows are keyed (Zeus's `begin_window` / `end_window`), so several can be open at once (a whole run and
+the current logging interval). Meters never raise into a training loop from a sensor failure: a meter whose
+sensor fails warns once, falls back to a labelled estimate for that device, and says so in
+`Measurement.warnings`. This package depends on nothing of the run session.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from carbon_callbacks._errors import CarbonCallbacksError, InvalidInputError
+from carbon_callbacks._warnings import warn_once
 
-#: Messages already shown by `warn_once` in this process.
-_WARNED: set[str] = set()
+#: Energy components a measurement may carry. `host` is an accelerator's modeled share of the host (CPU, memory,
+#: network, fans), as the paper's "system power" includes it.
+COMPONENTS = ("gpu", "tpu", "cpu", "dram", "host")
+_METHOD = re.compile(r"^(measured|modeled):\S+$|^given$")
+
+
+def check_method(field: str, method: str) -> str:
+    """`method` if it is a method label (`measured:<sensor>`, `modeled:<assumption>`, `given`), else an error."""
+    if not isinstance(method, str) or not _METHOD.match(method):
+        raise InvalidInputError(
+            f"{field} must be 'measured:<sensor>', 'modeled:<assumption>' or 'given', got {method!r}."
+        )
+    return method
 
 
 class SensorUnavailableError(CarbonCallbacksError):
     """A sensor that cannot be used on this machine (no driver, no device, no permission); the message says why."""
 
 
-def warn_once(key: str, message: str, stacklevel: int = 2) -> bool:
-    """Shows `message` as a `UserWarning` the first time `key` is seen in this process; returns whether it did."""
-    if key in _WARNED:
-        return False
-    _WARNED.add(key)
-    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
-    return True
-
-
 def join_methods(*labels: str) -> str:
-    """Joins method labels with `+`, each once, `"given"` last so the result still reads `measured:...`/`modeled:...`."""
+    """Joins method labels with `+`, each once, `"given"` last, so the result still reads `measured:...` or
+    `modeled:...`."""
     parts = {part for label in labels for part in label.split("+")}
     return "+".join(sorted(parts, key=lambda part: (part == "given", part)))
 
@@ -63,9 +70,39 @@ class Measurement:
         """The sum over all components, in J."""
         return sum(self.energy_j.values())
 
+    def __add__(self, later: Measurement) -> Measurement:
+        """This window followed by `later`: seconds and joules added, methods joined (a window read in parts)."""
+        energy, devices = dict(self.energy_j), dict(self.devices)
+        for component, joules in later.energy_j.items():
+            energy[component] = energy.get(component, 0.0) + joules
+        for device, joules in later.devices.items():
+            devices[device] = devices.get(device, 0.0) + joules
+        methods = dict(self.methods)
+        for component, method in later.methods.items():
+            methods[component] = join_methods(methods[component], method) if component in methods else method
+        return Measurement(self.seconds + later.seconds, energy, methods, devices, self.warnings + later.warnings)
 
-class Meter(abc.ABC):
-    """Base class of every meter: keyed windows over cumulative per-device energy.
+
+@runtime_checkable
+class Meter(Protocol):
+    """What the run session needs of a meter: keyed windows of energy, and a way to release the sensor.
+
+    Implement these three methods (or subclass `MeterBase`, which implements them over cumulative per-device
+    readings) to bring your own sensor.
+    """
+
+    def begin_window(self, key: str) -> None:
+        """Starts the window `key` (restarting it if already open)."""
+
+    def end_window(self, key: str) -> Measurement:
+        """Ends the window `key` and returns what was drawn since `begin_window(key)`."""
+
+    def close(self) -> None:
+        """Releases the sensor. Safe to call twice."""
+
+
+class MeterBase(abc.ABC):
+    """The implementation base of the bundled meters: keyed windows over cumulative per-device energy.
 
     Subclasses implement `_read()` (cumulative joules per device since an arbitrary origin), `_component(device)`
     and `_method(device)`; they may override `_window_energy` to correct a counter's coarse resolution.
@@ -121,7 +158,7 @@ class Meter(abc.ABC):
             return
         self._warned_keys.add(key)
         self._warning_log.append(message)
-        warn_once(f"{type(self).__name__}:{key}", message, stacklevel=3)
+        warn_once(f"{type(self).__name__}:{key}", message)
 
     # ------------------------------------------------------------------------------------------- public API
     @property
@@ -188,14 +225,14 @@ class Meter(abc.ABC):
         """Releases the sensor (stops a sampler thread, shuts NVML down). Safe to call twice."""
         self._windows.clear()
 
-    def __enter__(self) -> Meter:
+    def __enter__(self) -> MeterBase:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-class CounterMeter(Meter):
+class CounterMeter(MeterBase):
     """A meter over per-device cumulative counters that falls back to a labelled estimate when a read fails.
 
     Subclasses implement `_read_device(device)` (cumulative J, may raise) and list their devices in `self._devices`

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks.meters._base import Measurement, Meter, join_methods
+from carbon_callbacks.meters._base import Measurement, Meter, MeterBase, join_methods
 
 
-class CompositeMeter(Meter):
+class CompositeMeter(MeterBase):
     """Opens and closes the same window on every meter and merges their measurements.
 
     Energy adds up per component; each component keeps its own method label (joined with `+` when two meters

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
 from carbon_callbacks._site.tables import Chip, get_chip
-from carbon_callbacks.meters._base import Meter, SensorUnavailableError, warn_once
+from carbon_callbacks._warnings import warn_once
+from carbon_callbacks.meters._base import Meter, SensorUnavailableError
 from carbon_callbacks.meters._composite import CompositeMeter
 from carbon_callbacks.meters.modeled import (
     ConstantPowerMeter,
@@ -91,7 +92,8 @@ def create_meter(
                 warn_once(
                     "create_meter:nvml",
                     f"GPU energy cannot be measured: {err} GPU energy is modeled from the chips table for "
-                    f"{chip.name} instead. Pass nvml=False to choose the model without this warning.",
+                    f"{chip.name} instead. Pass nvml=False (to the callback, track(...) or create_meter; CLI: "
+                    "--no-nvml) to choose the model without this warning.",
                 )
             else:
                 logger.info("no NVIDIA GPU metered: %s", err)
@@ -130,7 +132,8 @@ def create_meter(
                 warn_once(
                     "create_meter:rapl",
                     f"CPU energy cannot be measured: {err} CPU energy is modeled as TDP x process CPU "
-                    "utilisation (modeled:tdp*util) instead. Pass rapl=False (CLI: --no-rapl) to choose the model "
+                    "utilisation (modeled:tdp*util) instead. Pass rapl=False (to the callback, track(...) or "
+                    "create_meter; CLI: --no-rapl) to choose the model "
                     "without this warning.",
                 )
         if cpu_meter is None:

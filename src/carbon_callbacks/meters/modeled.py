@@ -16,10 +16,9 @@ import resource
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from carbon_callbacks._run.accountant import _check_method
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
 from carbon_callbacks._site.tables import Chip, get_chip
-from carbon_callbacks.meters._base import Meter
+from carbon_callbacks.meters._base import MeterBase, check_method
 
 #: DRAM power per GB of resident memory, in W: "roughly 3 watts for every 8GB of DDR3 or DDR4" (Crucial,
 #: https://www.crucial.com/support/articles-faq-memory/how-much-power-does-memory-use), i.e. 0.375 W/GB.
@@ -41,7 +40,7 @@ REFERENCE_CPU_THREADS_PER_SOCKET = 80
 _COMPONENTS = ("gpu", "tpu", "cpu", "dram", "host")
 
 
-class ConstantPowerMeter(Meter):
+class ConstantPowerMeter(MeterBase):
     """Deterministic energy without hardware: energy = watts x elapsed time, per component.
 
     For tests, demos and machines whose power is known from elsewhere (a wall meter, a vendor figure).
@@ -88,7 +87,7 @@ class ConstantPowerMeter(Meter):
             if missing:
                 raise InvalidInputError(f"method has no entry for component(s) {', '.join(missing)}.")
             methods = {c: method[c] for c in self._watts}
-        self._methods = {c: _check_method("method", m) for c, m in methods.items()}
+        self._methods = {c: check_method("method", m) for c, m in methods.items()}
         self.notes = [f"{c}: {w:g} W constant ({self._methods[c]})" for c, w in self._watts.items()]
 
     @property
@@ -283,7 +282,7 @@ def _cpu_tdp(info: CpuInfo) -> tuple[float, str]:
     return chip.tdp_w, f"table:chips/{chip.name} (generic CPU row) {chip.source}"
 
 
-class ModeledCpuMeter(Meter):
+class ModeledCpuMeter(MeterBase):
     """CPUs without RAPL (virtual machines): energy = TDP per hardware thread x process CPU seconds.
 
     Each busy hardware thread draws TDP / threads per socket, so energy per window is simply CPU seconds x TDP /
@@ -335,7 +334,9 @@ class ModeledCpuMeter(Meter):
         info = cpu_info(cpuinfo_path)
         self.cpu_model = info.model
         self.sockets = info.sockets if sockets is None else check_count("sockets", sockets)
-        self.logical_cores = info.logical_cores if logical_cores is None else check_count("logical_cores", logical_cores)
+        self.logical_cores = (
+            info.logical_cores if logical_cores is None else check_count("logical_cores", logical_cores)
+        )
         if tdp_w is None:
             self.tdp_w, tdp_source = _cpu_tdp(info)
         else:
@@ -350,7 +351,9 @@ class ModeledCpuMeter(Meter):
         self._w_per_cpu_second = self.tdp_w / self.threads_per_socket
         self._include_children = bool(include_children)
         self._cpu_seconds = cpu_seconds or functools.partial(_process_cpu_seconds, self._include_children)
-        self.dram_w_per_gb = None if dram_w_per_gb is None else check_number("dram_w_per_gb", dram_w_per_gb, positive=True)
+        self.dram_w_per_gb = (
+            None if dram_w_per_gb is None else check_number("dram_w_per_gb", dram_w_per_gb, positive=True)
+        )
         self._dram: list[float] | None = None  # [last time, last GB, cumulative J]
         self.notes = [
             f"cpu: {self.cpu_model}, {self.sockets} socket(s), {self.logical_cores} logical cores, "

@@ -252,7 +252,7 @@ class NvmlMeter(CounterMeter):
         trail = self._trail.get(device)
         if seconds >= self._min_window_s or trail is None or device in self._failed_w:
             return delta
-        for then, joules in reversed(trail):
+        for then, joules in reversed(trail):  # noqa: B007 - the reading found is used after the loop
             if end_time - then >= self._min_window_s:
                 break
         else:

@@ -28,8 +28,8 @@ _ZONE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
 PERMISSION_FIX = (
     "RAPL energy counters under {root} are readable by root only (since CVE-2020-8694). To measure CPU and DRAM "
     "energy, make them readable, e.g. `sudo chmod a+r {root}/intel-rapl:*/energy_uj "
-    "{root}/intel-rapl:*/intel-rapl:*/energy_uj` (again after each reboot), or pass rapl=False to create_meter "
-    "to use the modeled CPU estimate without this warning."
+    "{root}/intel-rapl:*/intel-rapl:*/energy_uj` (again after each reboot), or pass rapl=False to the callback, "
+    "track(...) or create_meter (CLI: --no-rapl) to use the modeled CPU estimate without this warning."
 )
 
 

@@ -15,8 +15,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._run.accountant import COMPONENTS, _check_method
-from carbon_callbacks.meters._base import Measurement, Meter
+from carbon_callbacks.meters._base import COMPONENTS, Measurement, MeterBase, check_method
 
 _INTERPOLATIONS = ("previous", "linear")
 
@@ -91,7 +90,7 @@ def _floats(field: str, value: object, *, non_negative: bool) -> tuple[float, ..
     return tuple(check_number(f"{field}[{i}]", item, non_negative=non_negative) for i, item in enumerate(items))
 
 
-class ReplayMeter(Meter):
+class ReplayMeter(MeterBase):
     """A meter that replays given data: deterministic measurements for tests, without hardware.
 
     Each window that ends (in the order windows end, whatever their keys) gets the next entry of `energy_j` and
@@ -138,7 +137,7 @@ class ReplayMeter(Meter):
         if component not in COMPONENTS:
             raise InvalidInputError(f"component must be one of {', '.join(COMPONENTS)}, got {component!r}.")
         self._component_name = component
-        self._method_label = _check_method("method", method)
+        self._method_label = check_method("method", method)
         self._energy_j = _series("energy_j", energy_j)
         self._seconds = _series("seconds", seconds)
         self._trace: _PowerTrace | None = None

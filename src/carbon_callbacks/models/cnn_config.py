@@ -54,7 +54,7 @@ class CNNConfig:
         if self.image_size % 2 or self.image_size < 4:
             raise InvalidInputError(f"image_size must be an even number of at least 4, got {self.image_size}.")
 
-    def with_(self, **changes) -> "CNNConfig":
+    def with_(self, **changes) -> CNNConfig:
         """A copy with `changes` applied."""
         return replace(self, **changes)
 

@@ -57,7 +57,7 @@ class GPTConfig(TransformerConfig):
         """Slots per expert for one batch (all batch_size x seq_len tokens form one routing group)."""
         return expert_capacity(self.batch_size * self.seq_len, self.num_experts or 1, self.top_k, self.capacity_factor)
 
-    def with_(self, **changes) -> "GPTConfig":
+    def with_(self, **changes) -> GPTConfig:
         """A copy with `changes` applied."""
         return replace(self, **changes)
 

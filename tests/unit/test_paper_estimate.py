@@ -99,7 +99,8 @@ def test_estimate_readable_table():
         (["--chips", "8", "--days", "2", "--chip", "h1000", "--intensity", "0.4"], "Unknown chip 'h1000'"),
         (["--chips", "8", "--days", "2", "--hours", "3", "--watts", "1", "--intensity", "0.4"], "exactly one way"),
         (["--chips", "8", "--flops", "1e20", "--watts", "1", "--intensity", "0.4"], "tflops_achieved is required"),
-        (["--chips", "8", "--days", "2", "--watts", "300", "--intensity", "0.4", "--pue", "0.5"], "pue must be at least"),
+        (["--chips", "8", "--days", "2", "--watts", "300", "--intensity", "0.4", "--pue", "0.5"],
+         "pue must be at least"),
     ],
 )
 def test_estimate_bad_input_exit_2_without_traceback(args, match):

@@ -2,87 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-import types
 import warnings
 from unittest import mock
 
-import pynvml
 import pytest
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks.meters import NvmlMeter, SensorUnavailableError, create_meter
-from carbon_callbacks.meters import nvml
-from fakes import FakeClock
+from carbon_callbacks.meters import NvmlMeter, SensorUnavailableError, create_meter, nvml
 
+from fakes import FakeClock, FakeGpu, FakeNvml
 
-class FakeGpu:
-    """One board as NVML reports it."""
-
-    def __init__(self, uuid, *, energy_mj=0, power_mw=100_000, counter=True, limit_mw=400_000, name="NVIDIA H100"):
-        self.uuid, self.energy_mj, self.power_mw = uuid, energy_mj, power_mw
-        self.counter, self.limit_mw, self.name = counter, limit_mw, name
-        self.error = None  # an NVML error code every call raises from now on
-
-
-class FakeNvml:
-    """Patches the pynvml functions the meter calls, each with autospec, over a list of fake GPUs."""
-
-    def __init__(self, gpus, migs=None, init_error=None):
-        self.gpus, self.migs, self.init_error = gpus, migs or {}, init_error
-        self.by_handle = {f"handle-{i}": g for i, g in enumerate(gpus)}
-        self.shutdowns = 0
-
-    def _gpu(self, handle):
-        gpu = self.by_handle[handle]
-        if gpu.error is not None:
-            raise pynvml.NVMLError(gpu.error)
-        return gpu
-
-    def _init(self):
-        if self.init_error is not None:
-            raise pynvml.NVMLError(self.init_error)
-
-    def _shutdown(self):
-        self.shutdowns += 1
-
-    def _by_uuid(self, uuid):
-        if uuid in self.migs:
-            return uuid
-        for handle, gpu in self.by_handle.items():
-            if gpu.uuid == uuid:
-                return handle
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-
-    def _energy(self, handle):
-        gpu = self._gpu(handle)
-        if not gpu.counter:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return gpu.energy_mj
-
-    @contextlib.contextmanager
-    def patched(self):
-        fakes = {
-            "nvmlInit": self._init,
-            "nvmlShutdown": self._shutdown,
-            "nvmlDeviceGetCount": lambda: len(self.gpus),
-            "nvmlDeviceGetHandleByIndex": lambda i: f"handle-{i}",
-            "nvmlDeviceGetHandleByUUID": self._by_uuid,
-            "nvmlDeviceGetUUID": lambda h: self.by_handle[h].uuid,
-            "nvmlDeviceGetName": lambda h: self.by_handle[h].name,
-            "nvmlDeviceGetTotalEnergyConsumption": self._energy,
-            "nvmlDeviceGetPowerUsage": lambda h: self._gpu(h).power_mw,
-            "nvmlDeviceGetEnforcedPowerLimit": lambda h: self._gpu(h).limit_mw,
-            "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": lambda m: self.migs[m][0],
-            "nvmlDeviceGetAttributes": lambda m: types.SimpleNamespace(gpuInstanceSliceCount=self.migs[m][1]),
-            "nvmlDeviceGetMaxMigDeviceCount": lambda h: 7,
-        }
-        with contextlib.ExitStack() as stack:
-            for name, fake in fakes.items():
-                stack.enter_context(mock.patch.object(pynvml, name, autospec=True, side_effect=fake))
-            yield self
+pynvml = pytest.importorskip("pynvml")
 
 
 @pytest.fixture(autouse=True)

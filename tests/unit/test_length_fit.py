@@ -33,7 +33,7 @@ def traced_session(tmp_path, config):
             return FlopCount(total=flops, executed=flops, method="traced:fake", framework="x", includes_backward=True)
 
         key = (((batch, length), "int64"), ((batch, length), "int64"))
-        return session.step_flops(lambda: key, trace, lambda: (batch, length))
+        return session.count(key, trace, lambda: (batch, length))
 
     return step, calls
 

@@ -7,7 +7,6 @@ import sys
 import time
 from unittest import mock
 
-import pynvml
 import pytest
 
 from carbon_callbacks import Accountant, get_chip, resolve_site
@@ -21,38 +20,16 @@ from carbon_callbacks.meters import (
     ModeledCpuMeter,
     cpu_info,
     create_meter,
+    modeled,
 )
-from carbon_callbacks.meters import modeled
-from fakes import FakeClock
 
-CPUINFO = """processor\t: 0
-model name\t: Test CPU 9000 64-Core Processor
-physical id\t: 0
-
-processor\t: 1
-model name\t: Test CPU 9000 64-Core Processor
-physical id\t: 0
-
-processor\t: 2
-model name\t: Test CPU 9000 64-Core Processor
-physical id\t: 1
-
-processor\t: 3
-model name\t: Test CPU 9000 64-Core Processor
-physical id\t: 1
-"""
-
-
-@pytest.fixture
-def cpuinfo_file(tmp_path):
-    path = tmp_path / "cpuinfo"
-    path.write_text(CPUINFO)
-    return str(path)
+from fakes import CPUINFO, FakeClock
 
 
 @pytest.fixture
 def no_nvml():
     """The NVML library is missing (the hardware boundary), whatever machine runs the tests."""
+    pynvml = pytest.importorskip("pynvml")
     with mock.patch.object(
         pynvml, "nvmlInit", autospec=True, side_effect=pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
     ):

@@ -111,6 +111,7 @@ def png_size(path):
 
 
 def test_plot_writes_a_real_png(tmp_path):
+    pytest.importorskip("matplotlib")
     make_run(tmp_path / "dense")
     make_run(tmp_path / "switch", info={"moe_twin": {"model_flops_per_step": 0.5e9}})
     scenarios = whatif(make_run(tmp_path / "w"), regions=["fr"], pues=[1.1])
@@ -121,6 +122,7 @@ def test_plot_writes_a_real_png(tmp_path):
 
 
 def test_cli_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     make_run(tmp_path / "run")
     assert main(["plot", str(tmp_path / "run"), "-o", str(tmp_path / "p.png"), "--region", "fr"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'p.png'}"

@@ -9,9 +9,8 @@ import stat
 import pytest
 
 from carbon_callbacks.meters import ModeledCpuMeter, RaplMeter, SensorUnavailableError, create_meter
-from fakes import FakeClock
 
-MAX_UJ = 262143328850
+from fakes import FakeClock, set_uj, zone
 
 
 @pytest.fixture
@@ -25,34 +24,6 @@ def unreadable_as_for_a_user(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(pathlib.Path, "read_text", read_text)
-
-
-def zone(root, name: str, label: str, energy_uj: int, max_uj: int = MAX_UJ) -> pathlib.Path:
-    path = root / name
-    path.mkdir(parents=True)
-    (path / "name").write_text(label + "\n")
-    (path / "energy_uj").write_text(f"{energy_uj}\n")
-    (path / "max_energy_range_uj").write_text(f"{max_uj}\n")
-    return path
-
-
-def set_uj(root, name: str, energy_uj: int) -> None:
-    (root / name / "energy_uj").write_text(f"{energy_uj}\n")
-
-
-@pytest.fixture
-def two_sockets(tmp_path):
-    """The flat layout of /sys/class/powercap: packages, their sub-zones, and zones to skip."""
-    root = tmp_path / "powercap"
-    (root / "intel-rapl").mkdir(parents=True)  # the control type, no counter
-    zone(root, "intel-rapl:0", "package-0", 1_000_000)
-    zone(root, "intel-rapl:0:0", "core", 500_000)
-    zone(root, "intel-rapl:0:1", "dram", 2_000_000)
-    zone(root, "intel-rapl:1", "package-1", 3_000_000)
-    zone(root, "intel-rapl:1:0", "dram", 4_000_000)
-    zone(root, "intel-rapl:2", "psys", 9_000_000)
-    zone(root, "intel-rapl-mmio:0", "package-0", 7_000_000)
-    return root
 
 
 def test_reads_package_and_dram_of_every_socket(two_sockets):

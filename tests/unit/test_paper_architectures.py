@@ -240,7 +240,7 @@ def test_llmcarbon_column_is_its_published_inputs():
 
 
 def test_benchmark_script_prints_the_table():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_architectures.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_architectures.py"
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("| model | tokens |") and "GShard-600B" in out.stdout

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import pytest
 
 from carbon_callbacks import COMPONENTS, Accountant, InvalidInputError
-from carbon_callbacks._run.accountant import _check_method
 from carbon_callbacks.meters import (
     DRAM_W_PER_GB,
     CompositeMeter,
@@ -30,12 +29,11 @@ from carbon_callbacks.meters import (
     NvmlMeter,
     RaplMeter,
     ReplayMeter,
+    replay,
 )
-from carbon_callbacks.meters import replay
-from fakes import FakeClock
-from test_meters_modeled import cpuinfo_file  # noqa: F401 - a fixture, requested by name below
-from test_meters_nvml import FakeGpu, FakeNvml
-from test_meters_rapl import set_uj, two_sockets  # noqa: F401 - two_sockets is a fixture, requested by name
+from carbon_callbacks.meters._base import check_method
+
+from fakes import FakeClock, FakeGpu, FakeNvml, set_uj
 
 
 @dataclass
@@ -56,6 +54,7 @@ def tick(clock: FakeClock, *then: Callable[[float], None]) -> Callable[[float], 
 
 
 def nvml_rig(clock, request, stack):
+    pytest.importorskip("pynvml")
     request.getfixturevalue("monkeypatch").delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake = stack.enter_context(FakeNvml([FakeGpu("GPU-aaaaaaaa-0000"), FakeGpu("GPU-bbbbbbbb-0000")]).patched())
 
@@ -127,7 +126,7 @@ def check(m: Measurement) -> None:
     assert all(math.isfinite(j) and j >= 0 for j in m.energy_j.values())
     assert set(m.methods) == set(m.energy_j)
     for component, method in m.methods.items():
-        _check_method(f"methods[{component!r}]", method)
+        check_method(f"methods[{component!r}]", method)
     assert {device.partition(":")[0] for device in m.devices} == set(m.energy_j)
     assert sum(m.devices.values()) == pytest.approx(m.total_energy_j)
     assert isinstance(m.warnings, tuple) and all(isinstance(w, str) for w in m.warnings)

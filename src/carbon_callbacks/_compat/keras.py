@@ -1,0 +1,166 @@
+"""What the Keras adapter reads from inside Keras 3, beyond its documented callback API.
+
+Checked against keras 3.8 to 3.15.1 on the TensorFlow, JAX and torch backends. Internals used, each in one
+function below: the `CallbackList` that calls `Callback.set_model` (to run before the loggers), `Model.train_function`
+(set by `make_train_function` at `fit`'s start; wrapped for the fit to see each batch on its way in) and the
+loss metric's sample count `Model._loss_tracker.count` (the TensorFlow backend's batch sizes).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from carbon_callbacks._compat import missing
+
+_CHECKED = "keras 3.8 to 3.15.1"
+
+
+def replicas(model) -> tuple[int, int]:
+    """(replicas the step runs on, how many of them are accelerators) for this process.
+
+    TensorFlow: the model's `tf.distribute` strategy. JAX: the devices of the active `keras.distribution`.
+    Torch, or no distribution: one replica, counted as an accelerator only if it is not the CPU.
+    """
+    backend = keras.backend.backend()
+    devices: list[str] = []
+    if backend == "tensorflow":
+        strategy = getattr(model, "distribute_strategy", None)
+        if strategy is not None:
+            try:
+                devices = [str(d) for d in strategy.extended.worker_devices]
+            except RuntimeError:  # the default (no-op) strategy has no device list: one replica
+                devices = []
+    elif backend == "jax":
+        distribution = keras.distribution.distribution()
+        if distribution is not None:
+            devices = [str(d) for d in distribution.device_mesh.devices.flatten()]
+        else:
+            devices = [str(d) for d in keras.distribution.list_devices()[:1]]
+    elif backend == "torch":
+        import torch
+
+        devices = ["cuda" if torch.cuda.is_available() else "cpu"]
+    if not devices:
+        import tensorflow as tf
+
+        devices = ["gpu" if tf.config.list_logical_devices("GPU") else "cpu"]
+    accelerators = sum(1 for d in devices if "cpu" not in d.lower())
+    return max(len(devices), 1), accelerators
+
+
+def run_first(callback) -> list[str] | None:
+    """Moves `callback` to the front of the `CallbackList` now calling its `set_model`, so every callback after it
+    (`CSVLogger`, `TensorBoard`, `History`, ...) sees the keys it adds to `logs`.
+
+    Keras hands one `logs` dict to its callbacks in list order, so a callback placed after `CSVLogger` would add its
+    keys after the file was written. `CallbackList.__init__` calls `set_model` on each callback in order; moving the
+    one being called to the front keeps every other callback's order and skips or repeats none.
+
+    Returns:
+        The class names of the callbacks that were before it (empty if none), or `None` when no `CallbackList` is
+        calling (a `set_model` called by hand, or a Keras that no longer calls it from its list).
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList) and callback in owner.callbacks:
+            index = owner.callbacks.index(callback)
+            before = [type(c).__name__ for c in owner.callbacks[:index]]
+            if index:
+                owner.callbacks.insert(0, owner.callbacks.pop(index))
+            return before
+        frame = frame.f_back
+    return None
+
+
+def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None]):
+    """Wraps `model.train_function` for one `fit`: `before_batch(batch)` sees each batch it takes (JAX and torch,
+    before its step is dispatched), `after_call(iterator)` runs after each call (the iterator on TensorFlow, whose
+    batches stay inside the graph; `None` elsewhere), both on the main thread.
+
+    Returns:
+        A function that puts the original back, or `None` when the model has no `train_function` (warned).
+    """
+    original = getattr(model, "train_function", None)
+    if original is None:
+        missing("keras", "Model.train_function", _CHECKED, "FLOPs are not counted in this fit; pass flops=.")
+        return None
+    if keras.backend.backend() == "tensorflow":
+
+        def train_function(iterator):
+            out = original(iterator)
+            after_call(iterator)
+            return out
+
+    else:
+
+        def train_function(*args):
+            data = args[-1]
+            if isinstance(data, (list, tuple)):
+                for batch in data:
+                    before_batch(batch)
+            else:
+                args = (*args[:-1], _Observed(data, before_batch))
+            out = original(*args)
+            after_call(None)
+            return out
+
+    model.train_function = train_function
+    return lambda: setattr(model, "train_function", original)
+
+
+def loss_sample_count(model) -> int | None:
+    """Samples the loss metric has seen this epoch (TensorFlow: the growth gives the batch sizes)."""
+    tracker = getattr(model, "_loss_tracker", None)
+    if tracker is None:
+        missing("keras", "Model._loss_tracker", _CHECKED, "batch sizes on TensorFlow are unknown: FLOPs are not "
+                "counted there; pass flops= or use the JAX or torch backend.")
+        return None
+    return int(keras.ops.convert_to_numpy(tracker.count))
+
+
+def zeros_for(element_spec, per_replica: int, replicas: int):
+    """Zero inputs of one replica's step of `per_replica` samples, shaped by a TensorFlow dataset's element spec."""
+    import numpy as np
+    import tensorflow as tf
+
+    x_spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+    leaves = tf.nest.flatten(x_spec, expand_composites=True)
+    if replicas > 1:  # PerReplicaSpec(x_0, x_1) flattens to one spec per replica
+        leaves = leaves[::replicas]
+    arrays = [np.zeros((per_replica, *s.shape[1:]), dtype=s.dtype.as_numpy_dtype) for s in leaves]
+    if replicas == 1:
+        return tf.nest.pack_sequence_as(x_spec, arrays)
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def fixed_shapes(element_spec) -> bool:
+    """Whether a TensorFlow dataset's inputs have a known shape after the batch dimension."""
+    import tensorflow as tf
+
+    if element_spec is None:
+        return False
+    x_spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+    return not any(None in s.shape[1:] for s in tf.nest.flatten(x_spec, expand_composites=True))
+
+
+class _Observed:
+    """An iterator that shows each item to `observe` before the train step gets it."""
+
+    def __init__(self, inner, observe) -> None:
+        self._inner = iter(inner)
+        self._observe = observe
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._inner)
+        self._observe(item)
+        return item

@@ -1,0 +1,58 @@
+"""What the Lightning adapter needs from Lightning beyond its documented callback API.
+
+Checked against pytorch-lightning 2.0.9 to 2.6.6 and lightning 2.4 to 2.6 (`lightning.pytorch`).
+
+Lightning ships one code base under two names: `pytorch_lightning` and the unified `lightning.pytorch`. A Trainer
+accepts only callbacks of its own namespace's `Callback`, and a user may have either installed, or both. The
+adapter's callback therefore subclasses the `Callback` of every namespace that is installed, so it fits whichever
+Trainer the user holds. Everything else the adapter reads is public: `trainer.global_step` (optimizer steps, from
+which the logger's step and gradient accumulation follow), `trainer.loggers`, `trainer.strategy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: The two names Lightning is installed under, in the order their `Callback` is subclassed.
+NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
+#: Strategies whose model is sharded or whose backward belongs to an engine: a step is never traced under them.
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def installed_namespaces() -> list:
+    """The Lightning modules that import, `pytorch_lightning` first.
+
+    Raises:
+        ImportError: naming the install command, when neither is installed.
+    """
+    found = []
+    for name in NAMESPACES:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    if not found:
+        raise ImportError(
+            "carbon_callbacks.lightning needs Lightning 2.x: pip install 'carbon-callbacks[lightning]' (or pip install "
+            "lightning)."
+        )
+    return found
+
+
+def callback_bases(namespaces: list) -> tuple[type, ...]:
+    """The `Callback` class of each installed namespace: a subclass of all of them fits either Trainer."""
+    return tuple(module.Callback for module in namespaces)
+
+
+def sharded_strategy(strategy: object) -> str | None:
+    """The name of `strategy`'s class when it shards the model (FSDP, DeepSpeed, model parallel), else `None`."""
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    return next((name for name in SHARDED_STRATEGIES if name in names), None)
+
+
+def framework_of(trainer: object) -> str:
+    """The namespace and version of the Lightning that made `trainer`, e.g. `lightning.pytorch 2.5.0`."""
+    top = type(trainer).__module__.split(".")
+    name = "lightning.pytorch" if top[:2] == ["lightning", "pytorch"] else top[0]
+    return f"{name} {getattr(sys.modules.get(name), '__version__', '')}".strip()

@@ -7,8 +7,9 @@
   products with the framework's own tracer (torch, JAX, or TensorFlow for Keras on its TensorFlow backend).
 
 Importing this package imports no framework; `count` imports the one it needs. The conventions (2 FLOPs per
-multiply-add, matrix products only, backward = 2 x forward; convolutions: the products with a real input
-element, padding taps excluded) are in `carbon_callbacks.flops.analytic` and docs/flops.md.
+multiply-add, matrix products only, backward = 2 x forward; convolutions: every kernel tap at every output
+position, padding taps included, as torch's counter and published CNN FLOPs count them) are in
+`carbon_callbacks.flops.analytic` and docs/flops.md.
 """
 
 from __future__ import annotations

@@ -138,6 +138,36 @@ def shard_map_copies(eqn) -> int:
     return copies
 
 
+def shard_map_devices(eqn) -> list:
+    """The devices of a `shard_map` equation's mesh (`params["mesh"]`, a `jax.sharding.Mesh`; checked on jax
+    0.10.2). A mesh known only abstractly (`AbstractMesh`, under `jax.set_mesh`) has none. Fallback where the mesh
+    is not there: none, and the step's devices are told from its arguments and `jit` shardings alone."""
+    from jax.sharding import AbstractMesh, Mesh
+
+    mesh = eqn.params.get("mesh")
+    if isinstance(mesh, Mesh):
+        return list(mesh.devices.flat)
+    if not isinstance(mesh, AbstractMesh):
+        _missing("the mesh of `shard_map`", "the devices of a step are told from its arguments and jit shardings "
+                 "only.")
+    return []
+
+
+def jit_shardings(eqn) -> list:
+    """The shardings a `jit` equation puts on its inputs and outputs (`params["in_shardings"]` and
+    `params["out_shardings"]`, checked on jax 0.10.2, where the primitive is `jit`; `pjit` before), those that are
+    `jax.sharding.Sharding`s. Fallback: none."""
+    import jax
+
+    try:
+        given = (*eqn.params["in_shardings"], *eqn.params["out_shardings"])
+    except KeyError:
+        _missing("the shardings of a `jit` equation", "the devices of a step are told from its arguments and "
+                 "shard_map meshes only.")
+        return []
+    return [s for s in given if isinstance(s, jax.sharding.Sharding)]
+
+
 def dot_contraction(eqn) -> tuple[int, ...] | None:
     """The contracted dimensions of the left operand of a `dot_general` (`params["dimension_numbers"]`, checked
     on jax 0.10.2). Fallback: `None`, and the product is counted as 0 and reported."""

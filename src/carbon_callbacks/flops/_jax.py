@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import NamedTuple
 
 import jax
 
@@ -103,6 +104,7 @@ class _Walker:
         self.backward = False
         self.named = True
         self.warnings: list[str] = []
+        self.devices: set = set()  # of the meshes and shardings the jaxpr names
 
     def walk(self, jaxpr, prefix: str, times: int, outer_backward: bool = False) -> None:
         """Counts `jaxpr`, run `times` times, inside equations named `prefix`; `outer_backward`: inside an equation
@@ -145,9 +147,13 @@ class _Walker:
                         self.warnings.append(f"`cond` at {path or '<top>'}: branches differ, the largest counted")
                     self._merge(largest)
             elif name == "shard_map":  # the body runs on each device of its manual mesh axes, on its shard
+                self.devices.update(compat.shard_map_devices(eqn))
                 for body in compat.sub_jaxprs(eqn):
                     self.walk(body, path, times * compat.shard_map_copies(eqn), backward)
             else:
+                if name in ("jit", "pjit"):
+                    for sharding in compat.jit_shardings(eqn):
+                        self.devices.update(sharding.device_set)
                 for inner in compat.sub_jaxprs(eqn):
                     self.walk(inner, path, times, backward)
 
@@ -156,6 +162,7 @@ class _Walker:
         self.backward = self.backward or other.backward
         self.named = self.named and other.named
         self.warnings.extend(other.warnings)
+        self.devices |= other.devices
         for path, flops in other.own.items():
             self.own[path] += flops
 
@@ -168,15 +175,31 @@ def count_jaxpr(closed_jaxpr) -> _Walker:
     return walker
 
 
-def count(fn, *args, **kwargs) -> FlopCount:
-    """Counts the FLOPs of `fn(*args, **kwargs)` from its jaxpr; see `carbon_callbacks.flops.count`.
+class Placement(NamedTuple):
+    """Where a traced step runs, for its MFU: the count is that of the whole step on all of these devices.
 
-    Nothing runs: `jax.make_jaxpr` traces `fn` with abstract values. A function without a backward pass (no
-    transposed products in its jaxpr) is counted as 3 x its forward.
+    Attributes:
+        devices: devices of the step: the union of its arguments' shardings, its `jit` shardings and its
+            `shard_map` meshes (1 when none names a device).
+        processes: processes those devices belong to. Above 1, every process traces the same global step: its
+            count is the step of all processes, not this process's share.
     """
+
+    devices: int
+    processes: int
+
+
+def count_placed(fn, *args, **kwargs) -> tuple[FlopCount, Placement]:
+    """`count`, and where the step runs (`Placement`): the devices whose chips its FLOPs are spread over."""
     jaxpr = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
     walker = count_jaxpr(jaxpr)
-    return finish(
+    devices = set(walker.devices)
+    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+        sharding = getattr(leaf, "sharding", None)  # jax.Array, jax.ShapeDtypeStruct (None when not given)
+        if isinstance(sharding, jax.sharding.Sharding):
+            devices.update(sharding.device_set)
+    placement = Placement(max(len(devices), 1), max(len({d.process_index for d in devices}), 1))
+    result = finish(
         walker.total,
         framework="jax",
         method="traced:jaxpr(dot_general+conv; scan x length; shard_map x devices)",
@@ -184,6 +207,17 @@ def count(fn, *args, **kwargs) -> FlopCount:
         own_flops=dict(walker.own),
         warnings=list(dict.fromkeys(walker.warnings)),
     )
+    return result, placement
+
+
+def count(fn, *args, **kwargs) -> FlopCount:
+    """Counts the FLOPs of `fn(*args, **kwargs)` from its jaxpr; see `carbon_callbacks.flops.count`.
+
+    Nothing runs: `jax.make_jaxpr` traces `fn` with abstract values. A function without a backward pass (no
+    transposed products in its jaxpr) is counted as 3 x its forward. A step sharded over a mesh (a `jit` with
+    shardings, sharded arguments, `shard_map`, `pmap`) is counted once, globally: the FLOPs of all its devices.
+    """
+    return count_placed(fn, *args, **kwargs)[0]
 
 
 def xla_flops(fn, *args, **kwargs) -> float | None:

@@ -49,8 +49,9 @@ def _conv_role(eqn, producers: dict, backward: bool, lhs_dilated: bool, kernel: 
     reversed kernel (`compat.kernel_is_reversed`). Where it no longer does, the sizes decide: an lhs-dilated
     convolution whose kernel is larger than its output is the weight gradient of a transposed convolution; any
     other is taken for what its count does not depend on (an input gradient of a strided convolution, or a
-    convolution without `lhs_dilation`, which counts the same as a forward or a weight gradient), which miscounts
-    only the input gradient of a stride-1 convolution that changes the size (`valid`).
+    convolution without `lhs_dilation`, which counts the same as a forward or a weight gradient). That miscounts
+    the input gradient of a stride-1 convolution that changes the size (`valid`) and the gradients of convolutions
+    of inputs smaller than their kernel.
     """
     if not backward:
         return "forward"

@@ -1,6 +1,7 @@
 """Counts sharded JAX steps (and a Keras model under `keras.distribution.DataParallel`) on 4 CPU devices; prints one
 JSON object. Run by `test_sharded_flops.py` with `XLA_FLAGS=--xla_force_host_platform_device_count=4` (the device
-count is fixed when JAX starts, so each run is a process of its own): `python sharded_count.py jax|keras`.
+count is fixed when JAX starts, so each run is a process of its own): `python sharded_count.py jax|keras`, or
+`python sharded_count.py processes PORT RANK` for one of two processes of 2 devices each sharing one mesh.
 """
 
 from __future__ import annotations
@@ -86,6 +87,36 @@ def keras_cases() -> dict:
     return out
 
 
+def two_process_case(port: int, rank: int) -> dict:
+    """One of two processes: a data-parallel step over a mesh of both processes' devices, this process's half of
+    the global batch of 32 placed with `make_array_from_process_local_data`."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=rank)
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from carbon_callbacks.flops._jax import count_placed
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), np.ones((16, 8), np.float32))
+    w = jax.device_put(np.ones((8, 16), np.float32), NamedSharding(mesh, P()))
+    result, placement = count_placed(jax.jit(jax.grad(loss)), w, x)
+    out = {"rank": rank, "global_batch": x.shape[0], "total": result.total, "devices": placement.devices,
+           "processes": placement.processes, "matmuls": 3 * 2 * 32 * 8 * 16 - 2 * 32 * 8 * 16}
+    jax.distributed.shutdown()
+    return out
+
+
 if __name__ == "__main__":
-    cases = jax_cases() if sys.argv[1] == "jax" else keras_cases()
+    if sys.argv[1] == "processes":
+        cases = two_process_case(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        cases = jax_cases() if sys.argv[1] == "jax" else keras_cases()
     print("RESULT " + json.dumps(cases))

@@ -34,7 +34,7 @@ def main(names: list[str]) -> None:
             keras.utils.set_random_seed(0)
             model = APPLICATIONS[name](weights=None)
             images = np.zeros((1, 224, 224, 3), "float32")
-            forward = count(lambda x: model(x, training=False), images, framework="keras")
+            forward = count(lambda x, model=model: model(x, training=False), images, framework="keras")
             step = count(model, images)
             out["counts"][name] = {**step.to_dict(), "forward": forward.executed,
                                    "params": int(model.count_params())}

@@ -287,7 +287,9 @@ def test_flax_published_cnn_matches_published_flops(name):
     stem = 112 * 112 * (7 * 7 * 3 * 64 if name.startswith("resnet") else 3 * 3 * 3 * 32)
 
     def step(variables, images):
-        loss = lambda p: model.apply({**variables, "params": p}, images).sum()  # noqa: E731
+        def loss(params):
+            return model.apply({**variables, "params": params}, images).sum()
+
         return jax.grad(loss)(variables["params"])
 
     result = count(step, variables, images, framework="jax")

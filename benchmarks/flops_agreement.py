@@ -112,7 +112,7 @@ def jax_cnn_dilated_input_formula() -> int:
     which charges the zeros `lhs_dilation` inserts (transposed convolutions, strided convolutions' gradients)."""
     from carbon_callbacks.flops import _jax
 
-    def dilated_input(eqn):
+    def dilated_input(eqn, producers, backward):
         rhs, dims = _jax._shape(eqn.invars[1]), eqn.params["dimension_numbers"]
         window = 1
         for i in dims.rhs_spec[2:]:
@@ -228,8 +228,8 @@ def main() -> None:
     print(text_table(["keras backend", "traced FLOPs/step", "traced / analytic"], backends))
     before = jax_cnn_dilated_input_formula()
     print(f"Flax CNN with the former JAX formula (every position of an lhs-dilated input): {before} "
-          f"({before / hw:.4f} x analytic); torch FlopCounterMode alone: {t_stock / hw:.4f} x (padding taps, and "
-          "its input-gradient formula)")
+          f"({before / hw:.4f} x analytic); torch FlopCounterMode alone: {t_stock / hw:.4f} x (its weight-gradient "
+          "formula counts a grouped convolution's groups times)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Counts the Keras reference GPT (and CNN, and keras.applications' MobileNetV2) on the backend of `KERAS_BACKEND`;
-prints one JSON object.
+"""Counts the Keras reference GPT (and CNN, and keras.applications' MobileNetV2 and ResNet50) on the backend of
+`KERAS_BACKEND`; prints one JSON object.
 
 Run as `KERAS_BACKEND=jax python integrations/flops/keras_count.py dense switch top2:dense_dispatch cnn`; used by the
 Keras and cross-framework tests (one process per backend: Keras picks its backend at import).
@@ -14,6 +14,11 @@ from carbon_callbacks.flops import count
 from carbon_callbacks.models.config import DENSE, SWITCH, TOP2
 
 CONFIGS = {"dense": DENSE, "switch": SWITCH, "top2": TOP2}
+#: keras.applications models counted at their published size (224 x 224, 1000 classes), built without weights.
+APPLICATIONS = {
+    "resnet50": lambda **kw: __import__("keras").applications.ResNet50(**kw),
+    "mobilenetv2_224": lambda **kw: __import__("keras").applications.MobileNetV2(**kw),
+}
 
 
 def main(names: list[str]) -> None:
@@ -23,6 +28,17 @@ def main(names: list[str]) -> None:
 
     out = {"backend": keras.backend.backend(), "counts": {}}
     for name in names:
+        if name in APPLICATIONS:  # at 224 x 224 with 1000 classes: the forward alone, and the training step
+            import numpy as np
+
+            keras.utils.set_random_seed(0)
+            model = APPLICATIONS[name](weights=None)
+            images = np.zeros((1, 224, 224, 3), "float32")
+            forward = count(lambda x, model=model: model(x, training=False), images, framework="keras")
+            step = count(model, images)
+            out["counts"][name] = {**step.to_dict(), "forward": forward.executed,
+                                   "params": int(model.count_params())}
+            continue
         if name == "mobilenetv2":  # a model nobody here wrote: keras.applications, no weights downloaded
             keras.utils.set_random_seed(0)
             model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35)

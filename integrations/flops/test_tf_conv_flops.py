@@ -1,7 +1,8 @@
-"""Traced TensorFlow-graph counts of convolutions: exactly the products with a real input element."""
+"""Traced TensorFlow-graph counts of convolutions: every tap at every output position, padding taps included."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow")
 
-from carbon_callbacks.flops._keras import count_tensorflow  # noqa: E402
+from carbon_callbacks.flops._tensorflow import count as count_tensorflow  # noqa: E402
 
 
 def _conv(kind: str, strides, padding: str, dilations=1, output_shape=None):
@@ -36,13 +37,17 @@ CONVS = [
 
 @pytest.mark.parametrize(("name", "kind", "x_shape", "w_shape", "strides", "padding", "dilations", "out"), CONVS,
                          ids=[c[0] for c in CONVS])
-def test_convolution_counts_products_with_real_inputs(name, kind, x_shape, w_shape, strides, padding, dilations,
-                                                      out):
-    """Forward and forward + both gradients; sum(conv(ones, ones)) counts the products with a real input."""
+def test_convolution_counts_every_tap_at_every_position(name, kind, x_shape, w_shape, strides, padding, dilations,
+                                                        out):
+    """Forward and forward + both gradients: every tap at every output position (a transposed conv: every input
+    position), whatever the padding, and the dilated convs TensorFlow runs through SpaceToBatchND as written."""
     fn = _conv(kind, strides, padding, dilations, out)
     x, w = tf.ones(x_shape), tf.ones(w_shape)
-    products = int(tf.reduce_sum(fn(x, w)))
-    assert count_tensorflow(tf.function(fn), x, w).executed == 2 * products
+    y = fn(x, w)
+    channels = w_shape[-2] * w_shape[-1]  # in x out, channels x multiplier (depthwise), out x in (transposed)
+    positions = x_shape[1:-1] if kind == "transpose" else y.shape[1:-1]
+    forward = 2 * x_shape[0] * channels * math.prod(positions) * math.prod(w_shape[:-2])
+    assert count_tensorflow(tf.function(fn), x, w).executed == forward
 
     def step(x, w):
         with tf.GradientTape() as tape:
@@ -52,4 +57,4 @@ def test_convolution_counts_products_with_real_inputs(name, kind, x_shape, w_sha
 
     result = count_tensorflow(tf.function(step), x, w)
     assert result.includes_backward and result.warnings == ()
-    assert result.executed == 3 * 2 * products
+    assert result.executed == 3 * forward

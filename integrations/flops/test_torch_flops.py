@@ -102,18 +102,22 @@ CONVS = [
 
 
 @pytest.mark.parametrize(("name", "op", "in_shape", "kernel", "kwargs"), CONVS, ids=[c[0] for c in CONVS])
-def test_convolution_counts_products_with_real_inputs(name, op, in_shape, kernel, kwargs):
-    """Forward and forward + both gradients: the products with a real input element, no padding taps, no cropped
-    taps of a transposed conv (torch's own formula counts both); sum(conv(ones, ones)) counts them."""
+def test_convolution_counts_every_tap_at_every_position(name, op, in_shape, kernel, kwargs):
+    """Forward: torch's own formula (`conv_flop_count`: every tap at every output position, padding included; a
+    transposed conv every tap at every input position). Forward + both gradients: 3 x that (torch's own backward
+    formula counts a grouped conv's weight gradient `groups` times)."""
+    from torch.utils.flop_counter import conv_flop_count
+
     groups = kwargs.get("groups", 1)
     fn = getattr(torch.nn.functional, op)
     x = torch.ones(2, 4, *in_shape)
     w = torch.ones(*((4, 6 // groups) if "transpose" in op else (4 if groups == 4 else 6, 4 // groups)), *kernel)
-    products = int(fn(x, w, **kwargs).sum())
-    assert count(lambda x, w: fn(x, w, **kwargs), x, w).executed == 2 * products
+    y = fn(x, w, **kwargs)
+    forward = conv_flop_count(list(x.shape), list(w.shape), list(y.shape), transposed="transpose" in op)
+    assert count(lambda x, w: fn(x, w, **kwargs), x, w).executed == forward
     x.requires_grad_(), w.requires_grad_()
     step = count(lambda x, w: fn(x, w, **kwargs).sum().backward(), x, w)
-    assert step.includes_backward and step.executed == 3 * 2 * products
+    assert step.includes_backward and step.executed == 3 * forward
 
 
 def test_reference_cnn_matches_analytic():
@@ -140,3 +144,97 @@ def test_grouped_mm_weight_gradient_counts_each_token_once():
         pytest.skip(f"torch._grouped_mm does not run here: {err}")
     result = count(lambda a, b: torch._grouped_mm(a, b, offsets).backward(torch.ones(64, 96)), tokens, experts)
     assert result.executed == 3 * 2 * 64 * 32 * 96
+
+
+def _resnet50() -> torch.nn.Module:
+    """ResNet-50 v1.5 as torchvision builds it (the stride on each downsampling block's 3x3 convolution)."""
+    from _published_cnns import RESNET50_STAGES
+
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c_in: int, width: int, stride: int):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
+            )
+            self.shortcut = nn.Identity() if stride == 1 and c_in == 4 * width else nn.Sequential(
+                nn.Conv2d(c_in, 4 * width, 1, stride, bias=False), nn.BatchNorm2d(4 * width))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    c_in = 64
+    for blocks, width, stride in RESNET50_STAGES:
+        for i in range(blocks):
+            layers.append(Bottleneck(c_in, width, stride if i == 0 else 1))
+            c_in = 4 * width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
+def _mobilenetv2() -> torch.nn.Module:
+    """MobileNetV2 (width 1.0) as torchvision builds it."""
+    from _published_cnns import MOBILENETV2_STAGES
+
+    nn = torch.nn
+
+    def conv_bn_relu(c_in, c_out, kernel, stride=1, groups=1):
+        return [nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                nn.BatchNorm2d(c_out), nn.ReLU6()]
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int, expansion: int):
+            super().__init__()
+            hidden = c_in * expansion
+            self.body = nn.Sequential(
+                *(conv_bn_relu(c_in, hidden, 1) if expansion != 1 else []),
+                *conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
+                nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+            )
+            self.residual = stride == 1 and c_in == c_out
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    layers, c_in = conv_bn_relu(3, 32, 3, 2), 32
+    for expansion, c_out, blocks, stride in MOBILENETV2_STAGES:
+        for i in range(blocks):
+            layers.append(InvertedResidual(c_in, c_out, stride if i == 0 else 1, expansion))
+            c_in = c_out
+    return nn.Sequential(*layers, *conv_bn_relu(320, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Dropout(0.2), nn.Linear(1280, 1000))
+
+
+#: name -> (builder, parameters torchvision lists, multiply-adds of the stem convolution, whose input takes no
+#: gradient).
+PUBLISHED = {
+    "resnet50_v1.5": (_resnet50, 25_557_032, 112 * 112 * 7 * 7 * 3 * 64),
+    "mobilenetv2": (_mobilenetv2, 3_504_872, 112 * 112 * 3 * 3 * 3 * 32),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_cnn_matches_published_flops(name):
+    """ResNet-50 and MobileNetV2 at 224 x 224: the forward is 2 x the published multiply-adds (torchvision's table,
+    which counts padding taps as we do), the step 3 x forward less the image's gradient."""
+    from _published_cnns import matches_published, mobilenetv2_macs, resnet50_macs
+
+    build, params, stem_macs = PUBLISHED[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    macs = resnet50_macs() if name.startswith("resnet") else mobilenetv2_macs()
+    assert matches_published(name, macs)
+    images = torch.zeros(1, 3, 224, 224)
+
+    def forward(x):
+        with torch.no_grad():
+            return model(x)
+
+    assert count(forward, images).executed == 2 * macs
+    step = count(model, images)
+    assert "meta" in step.method and step.includes_backward
+    assert step.total == 3 * 2 * macs - 2 * stem_macs

@@ -1,19 +1,283 @@
-"""What carbon-callbacks reads from inside JAX and Flax, beyond their documented APIs.
+"""What the JAX FLOP counter (`flops/_jax.py`) reads from inside JAX: jaxpr equation parameters, name stacks, and
+the shape of the convolution gradients JAX's autodiff writes.
 
-Checked against jax 0.4.30 to 0.10.2 and flax 0.8.5 to 0.12.8.
+Each function names the JAX releases it was checked on. When what it reads is not there, it calls
+`carbon_callbacks._compat.missing` (a warning once, or `InternalApiMissing` in strict mode) and returns the
+fallback its docstring gives.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
+
+from carbon_callbacks._compat import missing
+
+#: The JAX releases these functions were checked on.
+CHECKED = "jax 0.10.2"
+
+
+def _missing(api: str, consequence: str) -> None:
+    missing("jax", api, CHECKED, consequence)
+
+
+# --- equations and nested jaxprs ---------------------------------------------------------------------------------
+
+
+def name_stack(eqn) -> str | None:
+    """The equation's name stack as text, e.g. `transpose(jvp(Block_0))/Dense_1`.
+
+    Checked on jax 0.10.2: `eqn.source_info.name_stack`, whose `str` wraps the scopes a transformation (`jvp`,
+    `transpose`, `vmap`) applied to in `name(...)`.
+
+    Returns:
+        The text, or `None` where equations carry no name stack (fallback: no per-module breakdown, and the
+        backward pass cannot be told from the forward; `flops._jax` then counts what it traced as a whole step).
+    """
+    try:
+        return str(eqn.source_info.name_stack)
+    except AttributeError:
+        _missing("eqn.source_info.name_stack", "traced JAX counts have no per-module breakdown, and a function is "
+                 "taken to hold its backward pass.")
+        return None
+
+
+_TRANSFORM = re.compile(r"\w+\(|\)")
+
+
+def module_path(stack: str) -> str:
+    """The module path of a name stack, its transformations dropped: `transpose(jvp(Block_0))/Dense_1` ->
+    `Block_0/Dense_1`. Checked on jax 0.10.2 (the `name(...)` wrapping of `name_stack`)."""
+    return _TRANSFORM.sub("", stack)
+
+
+def is_backward(stack: str) -> bool:
+    """Whether an equation with this name stack belongs to a backward pass: JAX's autodiff names the equations it
+    transposes `transpose(jvp(...))`. Checked on jax 0.10.2."""
+    return "transpose(" in stack
+
+
+def sub_jaxprs(eqn) -> list:
+    """The jaxprs nested in an equation's parameters (`jit`, `remat`, `custom_jvp_call`, `shard_map`, ...).
+
+    Checked on jax 0.10.2: `jax.extend.core.jaxprs_in_params`. Fallback where it is missing: the parameters'
+    values that have `eqns`, or a `jaxpr` attribute that has them.
+    """
+    try:
+        from jax.extend.core import jaxprs_in_params
+    except ImportError:
+        _missing("jax.extend.core.jaxprs_in_params", "nested jaxprs are found by looking at every parameter.")
+        found = []
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(item, "jaxpr", item)
+                if hasattr(inner, "eqns"):
+                    found.append(inner)
+        return found
+    return list(jaxprs_in_params(eqn.params))
+
+
+def _param(eqn, key: str, consequence: str) -> Any:
+    try:
+        return eqn.params[key]
+    except KeyError:
+        _missing(f"the `{key}` parameter of `{eqn.primitive.name}`", consequence)
+        return None
+
+
+def scan_length(eqn) -> int:
+    """The trip count of a `scan` equation (`params["length"]`, checked on jax 0.10.2). Fallback: 1 (the body
+    counted once, as XLA's cost analysis does)."""
+    length = _param(eqn, "length", "scan bodies are counted once, not once per iteration.")
+    return 1 if length is None else int(length)
+
+
+def scan_body(eqn):
+    """The body of a `scan` equation (`params["jaxpr"]`, a closed jaxpr; checked on jax 0.10.2). Fallback: the
+    nested jaxprs `sub_jaxprs` finds."""
+    body = _param(eqn, "jaxpr", "the scan body is found among its nested jaxprs.")
+    return sub_jaxprs(eqn) if body is None else [body.jaxpr]
+
+
+def while_body(eqn):
+    """The body of a `while` equation (`params["body_jaxpr"]`, checked on jax 0.10.2). Fallback: every nested
+    jaxpr, the loop condition included (it holds no products in practice)."""
+    body = _param(eqn, "body_jaxpr", "every jaxpr nested in a while loop is counted once.")
+    return sub_jaxprs(eqn) if body is None else [body.jaxpr]
+
+
+def cond_branches(eqn) -> list:
+    """The branches of a `cond` equation (`params["branches"]`, checked on jax 0.10.2). Fallback: the nested
+    jaxprs, each taken for a branch."""
+    branches = _param(eqn, "branches", "the nested jaxprs of a cond are taken for its branches.")
+    return sub_jaxprs(eqn) if branches is None else [b.jaxpr for b in branches]
+
+
+def shard_map_copies(eqn) -> int:
+    """How many times a `shard_map` body runs: once per device along the mesh axes it makes manual.
+
+    Checked on jax 0.10.2: `params["mesh"].shape` and `params["newly_manual_axes"]` (earlier releases name the
+    axes left automatic instead, `params["auto"]`; both are read). `jax.pmap` traces to the same `shard_map`.
+    Fallback: every axis of the mesh (a `shard_map` without `axis_names`, the usual one).
+    """
+    mesh = _param(eqn, "mesh", "a shard_map body is counted once, for one device.")
+    if mesh is None:
+        return 1
+    sizes = dict(mesh.shape)
+    if "newly_manual_axes" in eqn.params:
+        manual = set(eqn.params["newly_manual_axes"])
+    elif "auto" in eqn.params:
+        manual = set(sizes) - set(eqn.params["auto"])
+    else:
+        _missing("the manual axes of `shard_map` (`newly_manual_axes`)", "a shard_map body is counted once per "
+                 "device of its whole mesh.")
+        manual = set(sizes)
+    copies = 1
+    for axis in manual:
+        copies *= int(sizes[axis])
+    return copies
+
+
+def shard_map_devices(eqn) -> list:
+    """The devices of a `shard_map` equation's mesh (`params["mesh"]`, a `jax.sharding.Mesh`; checked on jax
+    0.10.2). A mesh known only abstractly (`AbstractMesh`, under `jax.set_mesh`) has none. Fallback where the mesh
+    is not there: none, and the step's devices are told from its arguments and `jit` shardings alone."""
+    from jax.sharding import AbstractMesh, Mesh
+
+    mesh = eqn.params.get("mesh")
+    if isinstance(mesh, Mesh):
+        return list(mesh.devices.flat)
+    if not isinstance(mesh, AbstractMesh):
+        _missing("the mesh of `shard_map`", "the devices of a step are told from its arguments and jit shardings "
+                 "only.")
+    return []
+
+
+def jit_shardings(eqn) -> list:
+    """The shardings a `jit` equation puts on its inputs and outputs (`params["in_shardings"]` and
+    `params["out_shardings"]`, checked on jax 0.10.2, where the primitive is `jit`; `pjit` before), those that are
+    `jax.sharding.Sharding`s. Fallback: none."""
+    import jax
+
+    try:
+        given = (*eqn.params["in_shardings"], *eqn.params["out_shardings"])
+    except KeyError:
+        _missing("the shardings of a `jit` equation", "the devices of a step are told from its arguments and "
+                 "shard_map meshes only.")
+        return []
+    return [s for s in given if isinstance(s, jax.sharding.Sharding)]
+
+
+def dot_contraction(eqn) -> tuple[int, ...] | None:
+    """The contracted dimensions of the left operand of a `dot_general` (`params["dimension_numbers"]`, checked
+    on jax 0.10.2). Fallback: `None`, and the product is counted as 0 and reported."""
+    numbers = _param(eqn, "dimension_numbers", "matrix products are counted as 0 and reported.")
+    if numbers is None:
+        return None
+    (contract_lhs, _), _ = numbers
+    return tuple(contract_lhs)
+
+
+# --- convolutions --------------------------------------------------------------------------------------------------
+
+
+class ConvGeometry(NamedTuple):
+    """What a `conv_general_dilated` equation does, per spatial dimension, and where its dimensions are."""
+
+    lhs_spec: tuple[int, ...]  # batch, feature, spatial... of the input
+    rhs_spec: tuple[int, ...]  # out feature, in feature, spatial... of the kernel
+    out_spec: tuple[int, ...]  # batch, feature, spatial... of the output
+    window_strides: tuple[int, ...]
+    lhs_dilation: tuple[int, ...]
+    rhs_dilation: tuple[int, ...]
+
+
+def conv_geometry(eqn) -> ConvGeometry | None:
+    """The layout and strides of a `conv_general_dilated` equation.
+
+    Checked on jax 0.10.2: `params["dimension_numbers"]` (a `ConvDimensionNumbers` of `lhs_spec`, `rhs_spec`,
+    `out_spec`), `params["window_strides"]`, `params["lhs_dilation"]`, `params["rhs_dilation"]`. Fallback: `None`,
+    and the convolution is counted as 0 and reported.
+    """
+    try:
+        params = eqn.params
+        dims = params["dimension_numbers"]
+        n = len(dims.lhs_spec) - 2
+        ones = (1,) * n
+        return ConvGeometry(
+            tuple(dims.lhs_spec), tuple(dims.rhs_spec), tuple(dims.out_spec),
+            tuple(params["window_strides"] or ones), tuple(params["lhs_dilation"] or ones),
+            tuple(params["rhs_dilation"] or ones),
+        )
+    except (KeyError, AttributeError):
+        _missing("the parameters of `conv_general_dilated` (dimension_numbers, strides, dilations)",
+                 "convolutions are counted as 0 and reported.")
+        return None
+
+
+#: Ops JAX's convolution transpose rule may put between the reversed kernel and the convolution (a cast).
+_CASTS = ("convert_element_type",)
+
+
+def kernel_is_reversed(eqn, producers: dict) -> bool:
+    """Whether a convolution's kernel comes out of `rev`: how JAX's autodiff writes a convolution's input gradient.
+
+    Checked on jax 0.10.2 (`_conv_general_dilated_transpose_lhs`): the input gradient of a convolution is a
+    convolution of the output gradient with `lax.rev` of the kernel (cast to the gradient's dtype where they
+    differ), bound in the same jaxpr; its weight gradient is a convolution of the input with the output gradient,
+    no `rev`. `producers` maps each variable of the equation's jaxpr to the equation that made it.
+    `conv_input_gradient_is_marked` checks once that JAX still does this.
+    """
+    var = eqn.invars[1]
+    for _ in range(4):
+        producer = producers.get(var)
+        if producer is None:
+            return False
+        if producer.primitive.name == "rev":
+            return True
+        if producer.primitive.name not in _CASTS:
+            return False
+        var = producer.invars[0]
+    return False
+
+
+_MARKED: list[bool] = []
+
+
+def conv_input_gradient_is_marked() -> bool:
+    """Whether JAX still writes a convolution's input gradient with a reversed kernel (`kernel_is_reversed`).
+
+    Traces the gradient of one strided convolution once per process and looks. Fallback where it does not: the
+    gradient convolutions are told apart by their sizes (`flops._jax` says how), and this warns once.
+    """
+    if not _MARKED:
+        import jax
+        import jax.numpy as jnp
+
+        def loss(x, k):
+            return jax.lax.conv_general_dilated(x, k, (2,), "SAME").sum()
+
+        closed = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.ones((1, 1, 8)), jnp.ones((1, 1, 3)))
+        producers = {v: e for e in closed.jaxpr.eqns for v in e.outvars}
+        convs = [e for e in closed.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+        marked = [kernel_is_reversed(e, producers) for e in convs]
+        _MARKED.append(len(convs) == 3 and sum(marked) == 1)
+        if not _MARKED[0]:
+            _missing("a reversed kernel (`rev`) in a convolution's input gradient", "convolution gradients are told "
+                     "apart by their sizes, which can miscount the gradients of convolutions on tiny inputs.")
+    return _MARKED[0]
+
+
+# --- the Flax adapter ------------------------------------------------------------------------------------------------
 
 
 def jit_cache_size(fn: Any) -> int | None:
     """Entries in a jitted function's compilation cache (`jax.jit`'s `_cache_size()`; an `nnx.jit` function keeps
     its `jax.jit` function as `jitted_fn`), or `None` for a function that is not jitted.
 
-    Only an optimisation reads it (skipping the signature of a step whose cache did not grow), so a JAX without it
-    costs a tree flatten per step and nothing else: no warning.
+    Checked on jax 0.4.30 to 0.10.2 and flax 0.8.5 to 0.12.8. Only an optimisation reads it (skipping the
+    signature of a step whose cache did not grow), so a JAX without it costs a tree flatten per step and nothing
+    else: no warning.
     """
     size = getattr(fn, "_cache_size", None) or getattr(getattr(fn, "jitted_fn", None), "_cache_size", None)
     if size is None:

@@ -4,11 +4,12 @@
   activated per token, and a breakdown by layer kind. Pure Python. `TransformerConfig.from_hf(config)` reads the
   shape from a Hugging Face config (a `PretrainedConfig` or the dict of a `config.json`).
 - `count(fn, *args, **kwargs)`: runs or traces `fn(*args, **kwargs)` once and counts the FLOPs of its matrix
-  products with the framework's own tracer (torch, JAX, or TensorFlow for Keras on its TensorFlow backend).
+  products with the framework's own tracer (torch, JAX, TensorFlow; a Keras model through its backend's).
 
 Importing this package imports no framework; `count` imports the one it needs. The conventions (2 FLOPs per
-multiply-add, matrix products only, backward = 2 x forward; convolutions: the products with a real input
-element, padding taps excluded) are in `carbon_callbacks.flops.analytic` and docs/flops.md.
+multiply-add, matrix products only, backward = 2 x forward; convolutions: every kernel tap at every output
+position, padding taps included, as torch's counter and published CNN FLOPs count them) are in
+`carbon_callbacks.flops.analytic` and docs/flops.md.
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
       scaled-dot-product attention, grouped matmul). A module is run forward + backward on the `meta` device
       when it allows it (no memory, no compute), else on its own device.
     - jax: the step's jaxpr, counting `dot_general` and convolutions, with `scan` bodies multiplied by their
-      length and `while` bodies by their trip count where it is static.
-    - keras: through the backend Keras runs on (JAX, torch, or TensorFlow's graph).
-    - tensorflow: the `tf.function` graph, counting MatMul, BatchMatMul, Einsum and Conv.
+      length and `shard_map` bodies by the devices they run on (a step sharded over a mesh counts once,
+      globally).
+    - keras: through the tracer of the backend Keras runs on (JAX, torch or TensorFlow), as `KERAS_BACKEND` says.
+    - tensorflow: the `tf.function` graph, counting MatMul, BatchMatMul, Einsum and Conv, whatever the Keras
+      backend.
 
     Count once per distinct input shape, not per step: tracing costs about one step or more.
 
@@ -133,6 +136,10 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
         from carbon_callbacks.flops import _jax
 
         return _jax.count(fn, *args, **kwargs)
+    if name == "tensorflow":
+        from carbon_callbacks.flops import _tensorflow
+
+        return _tensorflow.count(fn, *args, **kwargs)
     from carbon_callbacks.flops import _keras
 
     return _keras.count(fn, *args, **kwargs)

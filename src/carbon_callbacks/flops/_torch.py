@@ -54,37 +54,30 @@ def _grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * math.prod(out_shape) * contracted
 
 
-def _per_dim(value, n: int) -> list[int]:
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    return values * n if len(values) == 1 else values
+def _conv_products(x_shape, w_shape, out_shape, transposed: bool) -> int:
+    """Multiply-adds of `aten.convolution`: every tap at every output position, padding taps included.
 
-
-def _conv_products(x_shape, w_shape, out_shape, stride, padding, dilation, transposed: bool) -> int:
-    """Multiply-adds of `aten.convolution` with a real input element (padding and cropped taps excluded).
-
-    A transposed convolution does the products of the convolution it is the adjoint of: from its output
-    (`out_shape`) to its input (`x_shape`), with the same stride, dilation and padding.
+    A transposed convolution does the products of the convolution it is the adjoint of (from its output to its
+    input): every tap at every input position, the taps whose output is cropped included; the zeros a stride
+    inserts between its inputs are not products. This is torch's own forward formula (`conv_flop_count`).
     """
-    n = len(w_shape) - 2
-    stride, padding, dilation = _per_dim(stride, n), _per_dim(padding, n), _per_dim(dilation, n)
-    if transposed:  # w: (in, out / groups, *k); the adjoint convolution maps out_shape -> x_shape
-        big, small, out_features, per_group = out_shape, x_shape, x_shape[1], w_shape[1]
+    if transposed:  # w: (in, out / groups, *k)
+        positions, out_features, per_group = x_shape[2:], x_shape[1], w_shape[1]
     else:  # w: (out, in / groups, *k)
-        big, small, out_features, per_group = x_shape, out_shape, out_shape[1], w_shape[1]
-    return conv_macs(
-        batch=x_shape[0], out_features=out_features, in_features_per_group=per_group, sizes=big[2:],
-        outs=small[2:], kernels=w_shape[2:], strides=stride, dilations=dilation, pads_lo=padding,
-    )
+        positions, out_features, per_group = out_shape[2:], out_shape[1], w_shape[1]
+    return conv_macs(batch=x_shape[0], out_features=out_features, in_features_per_group=per_group,
+                     positions=positions, kernels=w_shape[2:])
 
 
-def _conv_forward(x_shape, w_shape, _bias, stride, padding, dilation, transposed, *args, out_shape=None, **kwargs):
-    return 2 * _conv_products(x_shape, w_shape, out_shape, stride, padding, dilation, bool(transposed))
+def _conv_forward(x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed, *args, out_shape=None, **kwargs):
+    return 2 * _conv_products(x_shape, w_shape, out_shape, bool(transposed))
 
 
-def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, stride, padding, dilation, transposed,
+def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                    _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
-    """The input gradient and the weight gradient each do the forward's products once."""
-    products = _conv_products(x_shape, w_shape, grad_out_shape, stride, padding, dilation, bool(transposed))
+    """The input gradient and the weight gradient each do the forward's products once (torch's own formula
+    counts a grouped convolution's weight gradient `groups` times: a depthwise one, once per channel)."""
+    products = _conv_products(x_shape, w_shape, grad_out_shape, bool(transposed))
     return 2 * products * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 

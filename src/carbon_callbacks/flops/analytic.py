@@ -11,6 +11,8 @@ Conventions (the same in every counter of this package; see docs/flops.md):
 - model FLOPs count for an MoE layer the router and the top-k experts each token is routed to, no padding;
   hardware FLOPs count what the named implementation runs (`MOE_IMPLEMENTATIONS`).
 - parameters activated per token are all parameters outside the experts plus `top_k` experts per MoE layer.
+- a convolution (traced counters, `models.cnn_config`) does a multiply-add for every kernel tap at every output
+  position, padding taps included, as torch's `FlopCounterMode` and published CNN FLOPs count (`flops._conv`).
 
 The shape of the model: a decoder-only stack (GPT) or, with `num_decoder_layers`, an encoder-decoder (T5,
 GShard, Switch) whose decoder layers add cross-attention over the encoder output. Every `moe_every`-th layer of

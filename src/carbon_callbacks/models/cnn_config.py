@@ -12,13 +12,10 @@ convolution with a bias, GELU between them:
 | `head` | 1x1 convolution of `concat(up, stem)` (the skip connection) | 2w -> in | S |
 
 The loss is the mean squared error to the input. `cnn_flops(config)` counts it by the convention of
-docs/flops.md ("Convolutions"): a multiply-add for each tap that lands on a real input element, padding taps
-excluded, 2 FLOPs each; the input and weight gradients each repeat the forward's products; the input image takes
-no gradient, so `stem` has no input gradient.
-
-The padding, kernel and stride choices give the same operations on every Keras backend: a `same` convolution whose
-padding is not symmetric runs on Keras's torch backend as an explicit pad and a `valid` convolution, and a
-transposed convolution whose kernel exceeds its stride as a full transposed convolution and a crop (docs/flops.md).
+docs/flops.md ("Convolutions"), the one of torch's `FlopCounterMode` and of published CNN FLOPs: a multiply-add for
+every kernel tap at every output position, padding taps included (a transposed convolution: every tap at every
+input position), 2 FLOPs each; the input and weight gradients each repeat the forward's products; the input image
+takes no gradient, so `stem` has no input gradient.
 """
 
 from __future__ import annotations
@@ -81,22 +78,22 @@ def cnn_flops(config: CNNConfig) -> CNNFlops:
 
     Example:
         >>> cnn_flops(CNNConfig()).model_flops
-        4812288
+        5332992
     """
     b, s, c, w = config.batch_size, config.image_size, config.in_channels, config.width
     half = s // 2
 
-    def macs(out_features, per_group, size, out, kernel, **geometry):
-        return conv_macs(batch=b, out_features=out_features, in_features_per_group=per_group, sizes=[size] * 2,
-                         outs=[out] * 2, kernels=[kernel] * 2, **{k: [v] * 2 for k, v in geometry.items()})
+    def macs(out_features, per_group, positions, kernel):
+        return conv_macs(batch=b, out_features=out_features, in_features_per_group=per_group,
+                         positions=[positions] * 2, kernels=[kernel] * 2)
 
     forward = {
-        "stem": 2 * macs(w, c, s, s, 3, pads_lo=1),
-        "down": 2 * macs(2 * w, w, s, half, 4, strides=2, pads_lo=1),
-        "mid": 2 * macs(2 * w, 1, half, half, 3, dilations=2, pads_lo=2),
+        "stem": 2 * macs(w, c, s, 3),
+        "down": 2 * macs(2 * w, w, half, 4),
+        "mid": 2 * macs(2 * w, 1, half, 3),
         # a transposed convolution does the products of the convolution it is the adjoint of (S -> S / 2)
-        "up": 2 * macs(2 * w, w, s, half, 2, strides=2),
-        "head": 2 * macs(c, 2 * w, s, s, 1),
+        "up": 2 * macs(2 * w, w, half, 2),
+        "head": 2 * macs(c, 2 * w, s, 1),
     }
     step = sum(3 * flops for flops in forward.values()) - forward["stem"]  # the image takes no gradient
     params = (

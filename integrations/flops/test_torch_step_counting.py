@@ -23,12 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from carbon_callbacks import _compat  # noqa: E402
 from carbon_callbacks._compat import torch as torch_compat  # noqa: E402
 from carbon_callbacks.flops._torch import formulas  # noqa: E402
-from carbon_callbacks.flops._torch_step import (  # noqa: E402
-    METHOD_FAKE,
-    FakeCountError,
-    count_step,
-    trainable_fraction,
-)
+from carbon_callbacks.flops import FakeCountError, count_step, trainable_fraction  # noqa: E402
+from carbon_callbacks.flops._torch_step import METHOD_FAKE  # noqa: E402
 
 VOCAB, BATCH, SEQ = 128, 2, 24
 
@@ -444,6 +440,22 @@ def test_custom_op_without_fake_impl_falls_back_to_the_real_step_with_no_lasting
     assert result.total == real_flops(copy.deepcopy(model), x)
 
 
+def test_the_real_step_sees_nothing_the_failed_fake_try_left_on_the_module():
+    class Caching(WithCustomOp):
+        def forward(self, x):
+            if hasattr(self, "previous"):
+                x = x + 0 * self.previous  # mixing a leaked fake tensor with real ones would raise here
+            self.previous = x.detach()
+            return super().forward(x)
+
+    model = Caching()
+    x = torch.randn(16, 8)
+    model(x)
+    previous = model.previous
+    result = count_step(model, model, x)
+    assert "real step" in result.method and model.previous is previous
+
+
 def test_no_fallback_raises_a_clear_error():
     model = WithCustomOp()
     x = torch.randn(16, 8)
@@ -460,6 +472,34 @@ def test_bad_arguments_are_refused():
         count_step(lambda x: x, lambda x: x, torch.ones(1))
     with pytest.raises(ValueError, match="fallback must be one of"):
         count_step(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.ones(1, 2), fallback="meta")
+
+
+def test_sharded_or_wrapped_modules_are_refused(tmp_path, monkeypatch):
+    """One rank cannot count a step of a sharded module: DDP wrappers, DTensor parameters, DeepSpeed ZeRO-3."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.tensor import Replicate, distribute_tensor, init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(4, 4)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with pytest.raises(ValueError, match="DistributedDataParallel wrapper"):
+            count_step(ddp, ddp, torch.ones(2, 4))
+        assert count_step(ddp.module, ddp.module, torch.ones(2, 4)).method == METHOD_FAKE
+        sharded = torch.nn.Linear(4, 4)
+        mesh = init_device_mesh("cpu", (1,))
+        sharded.weight = torch.nn.Parameter(distribute_tensor(sharded.weight.detach(), mesh, [Replicate()]))
+        with pytest.raises(ValueError, match="weight is a DTensor"):
+            count_step(sharded, sharded, torch.ones(2, 4))
+    finally:
+        dist.destroy_process_group()
+    zero3 = torch.nn.Linear(4, 4)
+    zero3.weight.ds_id = 0  # what DeepSpeed ZeRO-3 sets on the parameters it partitions
+    monkeypatch.setitem(__import__("sys").modules, "deepspeed", object())
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3"):
+        count_step(zero3, zero3, torch.ones(2, 4))
 
 
 def test_a_missing_torch_internal_warns_and_counts_the_real_step(monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -32,8 +33,8 @@ import torch
 
 from carbon_callbacks._compat import InternalApiMissing
 from carbon_callbacks._compat import torch as torch_compat
-from carbon_callbacks._errors import CarbonCallbacksError, InvalidInputError
-from carbon_callbacks.flops._result import FlopCount, breakdown_from_leaves
+from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks.flops._result import FakeCountError, FlopCount, breakdown_from_leaves
 from carbon_callbacks.flops._torch import _Counter, own_flops
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ METHOD_REAL = "traced:torch-flop-counter(real step; fake tensors failed: {reason
 FALLBACKS = ("real", None)
 #: The warning torch gives when a compiled module is called while module hooks are set globally (the counter's).
 _GLOBAL_HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
-
-
-class FakeCountError(CarbonCallbacksError, RuntimeError):
-    """A training step could not be counted with fake tensors, and `fallback=None` forbade running it."""
 
 
 class ParameterCounts(NamedTuple):
@@ -112,8 +109,8 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
             effect that is not arithmetic (a LightningModule's `self.log`) before passing it.
         *inputs: its arguments; tensors may sit in nested tuples, lists, dicts and dataclasses.
         fallback: what to do where fake tensors cannot run the step: `"real"` runs it once for real with no
-            lasting effect (RNG state, buffers and gradients restored; one extra step's time and gradient
-            memory), `None` raises. Defaults to `"real"`.
+            lasting effect (RNG state and buffers restored, no `.grad` written; one extra step's time and
+            gradient memory), `None` raises. Defaults to `"real"`.
 
     Returns:
         A `FlopCount` of one step (`total == executed`: nothing is extrapolated), whose `method` is
@@ -121,7 +118,8 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
         not counted as in training (a real run, a step without backward).
 
     Raises:
-        InvalidInputError: for a `module` that is not a `torch.nn.Module` or an unknown `fallback`.
+        InvalidInputError: for a `module` that is not a `torch.nn.Module`, a DDP wrapper or sharded (`sharded`),
+            or an unknown `fallback`.
         FakeCountError: when fake tensors cannot run the step and `fallback` is `None` (the cause chained).
 
     Example:
@@ -142,7 +140,13 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
             f"module must be a torch.nn.Module (the unwrapped model the step trains), got {type(module).__name__}.")
     if fallback not in FALLBACKS:
         raise InvalidInputError(f"fallback must be one of {FALLBACKS}, got {fallback!r}.")
-    with _no_lasting_effect(module) as root, torch.compiler.set_stance("force_eager"), torch.enable_grad():
+    sharding = sharded(module)
+    if sharding is not None:
+        raise InvalidInputError(
+            f"module: {sharding}, so one rank cannot count a step alone (a real step would run collectives on "
+            "this rank only, fake tensors do not see the whole model). Take the FLOPs from the model config "
+            "(TransformerConfig.from_hf) or a flops_per_batch attribute, or pass flops= per step.")
+    with _no_lasting_effect(module) as (root, state), torch.compiler.set_stance("force_eager"), torch.enable_grad():
         try:
             counter, notes = _fake_count(root, step, inputs)
             method = METHOD_FAKE
@@ -157,10 +161,34 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
                     "register a fake implementation for the op (torch.library.register_fake)."
                 ) from err
             logger.info("counting the step with fake tensors failed (%s); running it for real", reason)
+            state.restore()  # nothing the fake try left on the module reaches the real step
             counter, notes = _real_count(root, step, inputs)
             method = METHOD_REAL.format(reason=type(err).__name__)
             notes.insert(0, f"counted by running the step for real: fake tensors failed ({reason})")
     return _result(counter, method, notes)
+
+
+def sharded(module: torch.nn.Module) -> str | None:
+    """Why `module` cannot be counted on one rank (its parameters are sharded or it is a wrapper), or `None`.
+
+    Looks for what the distributed strategies leave on the module: a `DistributedDataParallel` or FSDP1
+    `FullyShardedDataParallel` wrapper, DTensor parameters (FSDP2 `fully_shard`, tensor parallelism), DeepSpeed
+    ZeRO-3 parameters (their `ds_id`). Only modules already imported are consulted: a process that never
+    imported `torch.distributed.tensor` or `deepspeed` holds none of their tensors.
+    """
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return "it is a DistributedDataParallel wrapper (pass its .module, the step's own module)"
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and any(isinstance(m, fsdp.FullyShardedDataParallel) for m in module.modules()):
+        return "it holds FullyShardedDataParallel (FSDP) modules, whose parameters are sharded"
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    deepspeed = "deepspeed" in sys.modules
+    for name, p in module.named_parameters():
+        if dtensor is not None and isinstance(p, dtensor.DTensor):
+            return f"its parameter {name} is a DTensor (FSDP2 or tensor parallelism shard it)"
+        if deepspeed and hasattr(p, "ds_id"):
+            return f"its parameter {name} is partitioned by DeepSpeed ZeRO-3"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- the two counts
@@ -228,29 +256,39 @@ def _loss(out) -> torch.Tensor | None:
 
 
 # ---------------------------------------------------------------------------------------------- no lasting effect
+class _ModuleState:
+    """The Python state of every submodule: attributes, parameters, buffers and children, as objects."""
+
+    def __init__(self, root: torch.nn.Module) -> None:
+        self.saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                      for m in root.modules()]
+
+    def restore(self) -> None:
+        """Puts every saved object back and drops what was added (a fake tensor the step cached on a module)."""
+        for m, attributes, params, buffers, children in self.saved:
+            _restore(m.__dict__, attributes)
+            _restore(m._parameters, params)
+            _restore(m._buffers, buffers)
+            _restore(m._modules, children)
+
+
 @contextlib.contextmanager
 def _no_lasting_effect(module: torch.nn.Module):
     """Counts the uncompiled module, with the RNG state and the Python state of every submodule kept.
 
-    Yields the module to count. On exit every submodule's attributes, parameters, buffers and children are
-    the objects they were (a fake tensor the step cached on a module is dropped), and the counter's module hooks
-    are gone (`FlopCounterMode` removes them itself).
+    Yields the module to count and its `_ModuleState`, restored on exit (and by the caller between two tries).
+    The counter's module hooks are gone on exit too (`FlopCounterMode` removes them itself).
     """
     with torch_compat.uncompiled_submodules(module) as root:
-        snapshot = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                    for m in root.modules()]
+        state = _ModuleState(root)
         devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
         try:
             with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
                 # A compiled module the step calls through a reference of its own still sees the counter's hooks.
                 warnings.filterwarnings("ignore", message=_GLOBAL_HOOKS_WARNING)
-                yield root
+                yield root, state
         finally:
-            for m, attributes, params, buffers, children in snapshot:
-                _restore(m.__dict__, attributes)
-                _restore(m._parameters, params)
-                _restore(m._buffers, buffers)
-                _restore(m._modules, children)
+            state.restore()
 
 
 def _restore(current: dict, saved: dict) -> None:

@@ -36,6 +36,13 @@ def gpt2():
     return transformers.GPT2LMHeadModel(config)
 
 
+def checkpointed_gpt2():
+    """Activation checkpointing: the backward recomputes each block's forward, and the count includes it."""
+    model = gpt2()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def llama(layers: int = 2):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(num_hidden_layers=layers, hidden_size=64, num_attention_heads=4,
@@ -170,6 +177,7 @@ def give_grads(module) -> None:
 # ---------------------------------------------------------------------------------------------- counts
 CASES = {
     "gpt2": (gpt2, hf_step, hf_batch),
+    "gpt2-checkpointed": (checkpointed_gpt2, hf_step, hf_batch),
     "llama": (llama, hf_step, hf_batch),
     "llama-lora": (lora_llama, hf_step, hf_batch),
     "llama-frozen-but-last-layer": (frozen_llama, hf_step, hf_batch),
@@ -198,6 +206,40 @@ def test_fake_count_equals_the_real_step(name):
     reference = real_flops(make_step(copy.deepcopy(model)), *inputs)
     assert abs(result.total / reference - 1) < 0.01
     assert result.total == reference  # exact here
+
+
+class CountAtBatchEnd(pl.Callback):
+    """Counts each step at its batch end, as the Lightning adapter will."""
+
+    def __init__(self):
+        self.counts = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.counts.append(count_step(pl_module, lightning_step(pl_module), batch, batch_idx))
+
+
+def _fit(callbacks):
+    pl.seed_everything(0, verbose=False)
+    model = LitClassifier()
+    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 10, (24,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(model, loader)
+    return model
+
+
+def test_counting_in_a_lightning_fit_changes_nothing_it_trains():
+    """Six steps with dropout, batch norm and momentum: the weights come out bitwise the same as without counting."""
+    counter = CountAtBatchEnd()
+    counted, bare = _fit([counter]), _fit([])
+    assert len(counter.counts) == 6 and all(c.method == METHOD_FAKE for c in counter.counts)
+    for (name, a), b in zip(counted.state_dict().items(), bare.state_dict().values()):
+        assert torch.equal(a, b), name
+    batch = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    assert counter.counts[0].total == real_flops(lightning_step(copy.deepcopy(bare)), batch, 0)
+    assert_no_global_state()
 
 
 def test_frozen_parameters_get_no_weight_gradient():

@@ -544,13 +544,11 @@ def test_sharded_or_wrapped_modules_are_refused(tmp_path, monkeypatch):
         count_step(zero3, zero3, torch.ones(2, 4))
 
 
-def test_a_missing_torch_internal_warns_and_counts_the_real_step(monkeypatch):
+def test_a_missing_torch_internal_warns_and_counts_the_real_step(monkeypatch, lenient):
     """Where `_reparametrize_module` is gone, `missing` warns once and the step runs for real; strict mode raises."""
     import torch.nn.utils.stateless as stateless
 
     monkeypatch.delattr(stateless, "_reparametrize_module")
-    monkeypatch.delenv("CARBON_CALLBACKS_STRICT", raising=False)
-    monkeypatch.setattr("carbon_callbacks._warnings._SHOWN_IN_PROCESS", set())
     model = torch.nn.Linear(4, 4)
     with pytest.warns(_compat.InternalApiWarning, match="_reparametrize_module"):
         result = count_step(model, lambda x: model(x).sum(), torch.ones(2, 4))
@@ -558,3 +556,37 @@ def test_a_missing_torch_internal_warns_and_counts_the_real_step(monkeypatch):
     monkeypatch.setenv("CARBON_CALLBACKS_STRICT", "1")
     with pytest.raises(_compat.InternalApiMissing, match="_reparametrize_module"):
         count_step(model, lambda x: model(x).sum(), torch.ones(2, 4))
+
+
+@pytest.fixture
+def lenient(monkeypatch):
+    """Not strict, with the process's warn-once registry empty: `missing` warns instead of raising."""
+    monkeypatch.delenv("CARBON_CALLBACKS_STRICT", raising=False)
+    monkeypatch.setattr("carbon_callbacks._warnings._SHOWN_IN_PROCESS", set())
+
+
+def test_without_optimized_module_compiled_submodules_are_counted_eagerly(monkeypatch, lenient):
+    import torch._dynamo.eval_frame as eval_frame
+
+    backend = CountingBackend()
+    model = WithCompiledBody(backend)
+    x = torch.randn(8, 16)
+    model(x).backward()
+    expected = count_step(model, model, x).total
+    monkeypatch.delattr(eval_frame, "OptimizedModule")
+    with pytest.warns(_compat.InternalApiWarning, match="OptimizedModule"):
+        result = count_step(model, model, x)
+    assert result.total == expected and (backend.compiles, backend.calls) == (1, 1)
+    assert_no_global_state()
+    monkeypatch.undo()
+    model(x).backward()
+    assert (backend.compiles, backend.calls) == (1, 2)  # still compiled: the eager count left no mark
+
+
+def test_without_the_graph_task_id_the_total_is_unchanged(monkeypatch, lenient):
+    model = gpt2()
+    batch = hf_batch()
+    expected = count_step(model, hf_step(model), batch).total
+    monkeypatch.setattr(torch_compat, "_graph_task_id", None)
+    with pytest.warns(_compat.InternalApiWarning, match="_current_graph_task_id"):
+        assert count_step(model, hf_step(model), batch).total == expected

@@ -278,6 +278,14 @@ def test_outputs_without_a_loss_count_the_backward_of_their_sum():
     assert result.total == counter.get_total_flops()
 
 
+def test_a_loss_of_several_elements_is_summed_alone():
+    model = torch.nn.Linear(8, 4)
+    x = torch.randn(16, 8)
+    per_sample = count_step(model, lambda v: {"loss": model(v).square().mean(1), "logits": model(v)}, x)
+    summed = count_step(model, lambda v: {"loss": model(v).square().mean(1).sum(), "logits": model(v)}, x)
+    assert per_sample.total == summed.total == 3 * 2 * 16 * 8 * 4  # two forwards, one weight gradient
+
+
 def test_a_step_without_gradient_counts_its_forward_and_says_so():
     model = gpt2()
     batch = {"input_ids": hf_batch()["input_ids"]}

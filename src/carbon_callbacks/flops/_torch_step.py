@@ -240,7 +240,8 @@ def _forward_backward(step, inputs, real_leaves=None) -> list[str]:
 
 
 def _loss(out) -> torch.Tensor | None:
-    """The tensor whose backward is the step's: its loss, else the sum of its float outputs needing a gradient."""
+    """The tensor whose backward is the step's: its loss (summed if it has several elements), else the sum of its
+    float outputs that need a gradient."""
     candidate = out
     if isinstance(out, Mapping) and "loss" in out:
         candidate = out["loss"]
@@ -249,7 +250,7 @@ def _loss(out) -> torch.Tensor | None:
         candidate = out.loss
     if isinstance(candidate, torch.Tensor) and candidate.numel() == 1:
         return candidate if candidate.requires_grad else None
-    outputs = [t for t in _tensors(out) if t.requires_grad and t.is_floating_point()]
+    outputs = [t for t in _tensors(candidate) if t.requires_grad and t.is_floating_point()]
     if not outputs:
         return None
     return sum(t.float().sum() for t in outputs)

@@ -7,45 +7,55 @@ pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those fu
 
 import importlib.metadata as _metadata
 
-from carbon_callbacks._errors import CarbonCallbacksError, InvalidInputError, UnknownNameError
-from carbon_callbacks._paper.architectures import (
-    ArchitectureFlops,
-    PaperModel,
-    architecture_flops,
-    get_paper_model,
-    paper_models,
-)
+from carbon_callbacks._errors import CarbonCallbacksError
+from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._errors import UnknownNameError
+from carbon_callbacks._paper.architectures import ArchitectureFlops
+from carbon_callbacks._paper.architectures import PaperModel
+from carbon_callbacks._paper.architectures import architecture_flops
+from carbon_callbacks._paper.architectures import get_paper_model
+from carbon_callbacks._paper.architectures import paper_models
 from carbon_callbacks._paper.embodied import embodied_co2e
-from carbon_callbacks._paper.estimate import Estimate, estimate
-from carbon_callbacks._paper.table4 import reproduce_from_architectures, reproduce_table4
+from carbon_callbacks._paper.estimate import Estimate
+from carbon_callbacks._paper.estimate import estimate
+from carbon_callbacks._paper.table4 import reproduce_from_architectures
+from carbon_callbacks._paper.table4 import reproduce_table4
 from carbon_callbacks._reports.frames import load_run
 from carbon_callbacks._reports.plot import plot_runs
-from carbon_callbacks._reports.projection import Projection, project, project_run
-from carbon_callbacks._reports.report import RunReport, format_report, read_report
-from carbon_callbacks._reports.whatif import Scenario, whatif
+from carbon_callbacks._reports.projection import Projection
+from carbon_callbacks._reports.projection import project
+from carbon_callbacks._reports.projection import project_run
+from carbon_callbacks._reports.report import RunReport
+from carbon_callbacks._reports.report import format_report
+from carbon_callbacks._reports.report import read_report
+from carbon_callbacks._reports.whatif import Scenario
+from carbon_callbacks._reports.whatif import whatif
 from carbon_callbacks._run.accountant import Accountant
 from carbon_callbacks._run.files import read_run
-from carbon_callbacks._run.session import METRIC_KEYS, RunSession
+from carbon_callbacks._run.session import METRIC_KEYS
+from carbon_callbacks._run.session import RunSession
 from carbon_callbacks._run.step_flops import StepFlops
-from carbon_callbacks._site.site import Site, resolve_site
-from carbon_callbacks._site.tables import Chip, PueEntry, Region, get_chip, get_pue, get_region
-from carbon_callbacks.flops import (
-    MOE_IMPLEMENTATIONS,
-    FlopCount,
-    TransformerConfig,
-    TransformerFlops,
-    transformer_flops,
-)
+from carbon_callbacks._site.site import Site
+from carbon_callbacks._site.site import resolve_site
+from carbon_callbacks._site.tables import Chip
+from carbon_callbacks._site.tables import PueEntry
+from carbon_callbacks._site.tables import Region
+from carbon_callbacks._site.tables import get_chip
+from carbon_callbacks._site.tables import get_pue
+from carbon_callbacks._site.tables import get_region
+from carbon_callbacks.flops import MOE_IMPLEMENTATIONS
+from carbon_callbacks.flops import FlopCount
+from carbon_callbacks.flops import TransformerConfig
+from carbon_callbacks.flops import TransformerFlops
+from carbon_callbacks.flops import transformer_flops
 from carbon_callbacks.flops import count as count_flops
-from carbon_callbacks.meters import (
-    COMPONENTS,
-    ConstantPowerMeter,
-    Measurement,
-    Meter,
-    MeterBase,
-    ReplayMeter,
-    create_meter,
-)
+from carbon_callbacks.meters import COMPONENTS
+from carbon_callbacks.meters import ConstantPowerMeter
+from carbon_callbacks.meters import Measurement
+from carbon_callbacks.meters import Meter
+from carbon_callbacks.meters import MeterBase
+from carbon_callbacks.meters import ReplayMeter
+from carbon_callbacks.meters import create_meter
 
 try:  # pyproject.toml is the one source of the version; a source tree that was never installed has none.
     __version__ = _metadata.version("carbon-callbacks")

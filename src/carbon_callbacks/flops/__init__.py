@@ -5,6 +5,8 @@
   shape from a Hugging Face config (a `PretrainedConfig` or the dict of a `config.json`).
 - `count(fn, *args, **kwargs)`: runs or traces `fn(*args, **kwargs)` once and counts the FLOPs of its matrix
   products with the framework's own tracer (torch, JAX, TensorFlow; a Keras model through its backend's).
+- `count_step(module, step, *inputs)`: one torch training step counted with fake tensors, without running it;
+  `trainable_fraction(module)`: the parameters it trains and all of them.
 
 Importing this package imports no framework; `count` imports the one it needs. The conventions (2 FLOPs per
 multiply-add, matrix products only, backward = 2 x forward; convolutions: every kernel tap at every output
@@ -18,18 +20,19 @@ import sys
 from typing import Any
 
 from carbon_callbacks._errors import InvalidInputError, unknown_name
-from carbon_callbacks.flops._result import FlopCount, classify_module
-from carbon_callbacks.flops.analytic import (
-    LAYER_KINDS,
-    MOE_IMPLEMENTATIONS,
-    TransformerConfig,
-    TransformerFlops,
-    expert_capacity,
-    transformer_flops,
-)
+from carbon_callbacks.flops._result import FakeCountError
+from carbon_callbacks.flops._result import FlopCount
+from carbon_callbacks.flops._result import classify_module
+from carbon_callbacks.flops.analytic import LAYER_KINDS
+from carbon_callbacks.flops.analytic import MOE_IMPLEMENTATIONS
+from carbon_callbacks.flops.analytic import TransformerConfig
+from carbon_callbacks.flops.analytic import TransformerFlops
+from carbon_callbacks.flops.analytic import expert_capacity
+from carbon_callbacks.flops.analytic import transformer_flops
 
 __all__ = [
     "FRAMEWORKS",
+    "FakeCountError",
     "FlopCount",
     "LAYER_KINDS",
     "MOE_IMPLEMENTATIONS",
@@ -37,8 +40,10 @@ __all__ = [
     "TransformerFlops",
     "classify_module",
     "count",
+    "count_step",
     "detect_framework",
     "expert_capacity",
+    "trainable_fraction",
     "transformer_flops",
 ]
 
@@ -143,3 +148,21 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
     from carbon_callbacks.flops import _keras
 
     return _keras.count(fn, *args, **kwargs)
+
+
+def count_step(module: Any, step: Any, *inputs: Any, fallback: str | None = "real") -> FlopCount:
+    """Counts one torch training step, `step(*inputs)` and its backward, with fake tensors: nothing runs.
+
+    See `carbon_callbacks.flops._torch_step.count_step` (arguments, method labels, the real-step fallback) and
+    docs/flops.md "A torch training step, counted without running it". Imports torch.
+    """
+    from carbon_callbacks.flops import _torch_step
+
+    return _torch_step.count_step(module, step, *inputs, fallback=fallback)
+
+
+def trainable_fraction(module: Any):
+    """The trainable and total parameters of a torch module (`ParameterCounts`, with `.fraction`). Imports torch."""
+    from carbon_callbacks.flops import _torch_step
+
+    return _torch_step.trainable_fraction(module)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from carbon_callbacks._errors import CarbonCallbacksError
 from carbon_callbacks.flops.analytic import LAYER_KINDS
 
 #: Name fragments that mark a module's layer kind, checked from the deepest path component up. `moe` alone (the
@@ -43,6 +44,11 @@ def breakdown_from_leaves(own_flops: dict[str, int], scale: int = 1) -> dict[str
     for path, flops in own_flops.items():
         out[classify_module(path) or "other"] += flops * scale
     return out
+
+
+class FakeCountError(CarbonCallbacksError, RuntimeError):
+    """A training step could not be counted with fake tensors, and `count_step(..., fallback=None)` forbade running
+    it for real. The cause is chained."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from carbon_callbacks._compat.torch import current_graph_task_id
 from carbon_callbacks.flops._conv import conv_macs
 from carbon_callbacks.flops._result import FlopCount, finish
 
@@ -116,7 +117,7 @@ class _Counter(FlopCounterMode):
     def _count_flops(self, func_packet, out, args, kwargs):
         before = self.flop_counts["Global"].get(func_packet, 0)
         result = super()._count_flops(func_packet, out, args, kwargs)
-        if torch._C._current_graph_task_id() != -1 or self.mod_tracker.is_bw:
+        if current_graph_task_id() != -1 or self.mod_tracker.is_bw:
             self.backward_flops += self.flop_counts["Global"].get(func_packet, 0) - before
         return result
 

@@ -4,26 +4,22 @@
 Nothing here imports `pynvml` until an NVML meter is built.
 """
 
-from carbon_callbacks.meters._base import (
-    COMPONENTS,
-    CounterMeter,
-    Measurement,
-    Meter,
-    MeterBase,
-    SensorUnavailableError,
-)
+from carbon_callbacks.meters._base import COMPONENTS
+from carbon_callbacks.meters._base import CounterMeter
+from carbon_callbacks.meters._base import Measurement
+from carbon_callbacks.meters._base import Meter
+from carbon_callbacks.meters._base import MeterBase
+from carbon_callbacks.meters._base import SensorUnavailableError
 from carbon_callbacks.meters._composite import CompositeMeter
 from carbon_callbacks.meters._factory import create_meter
-from carbon_callbacks.meters.modeled import (
-    DRAM_W_PER_GB,
-    HOST_SHARE_W_PER_ACCELERATOR,
-    ConstantPowerMeter,
-    CpuInfo,
-    HostShareMeter,
-    ModeledAcceleratorMeter,
-    ModeledCpuMeter,
-    cpu_info,
-)
+from carbon_callbacks.meters.modeled import DRAM_W_PER_GB
+from carbon_callbacks.meters.modeled import HOST_SHARE_W_PER_ACCELERATOR
+from carbon_callbacks.meters.modeled import ConstantPowerMeter
+from carbon_callbacks.meters.modeled import CpuInfo
+from carbon_callbacks.meters.modeled import HostShareMeter
+from carbon_callbacks.meters.modeled import ModeledAcceleratorMeter
+from carbon_callbacks.meters.modeled import ModeledCpuMeter
+from carbon_callbacks.meters.modeled import cpu_info
 from carbon_callbacks.meters.nvml import NvmlMeter
 from carbon_callbacks.meters.rapl import RaplMeter
 from carbon_callbacks.meters.replay import ReplayMeter

@@ -5,7 +5,12 @@ small CNN (a U-Net with a strided and a transposed convolution).
 `torch_cnn`, `flax_cnn` and `keras_cnn` import their framework.
 """
 
-from carbon_callbacks.models.cnn_config import CNN, CNNConfig, cnn_flops
-from carbon_callbacks.models.config import DENSE, SWITCH, TOP2, GPTConfig
+from carbon_callbacks.models.cnn_config import CNN
+from carbon_callbacks.models.cnn_config import CNNConfig
+from carbon_callbacks.models.cnn_config import cnn_flops
+from carbon_callbacks.models.config import DENSE
+from carbon_callbacks.models.config import SWITCH
+from carbon_callbacks.models.config import TOP2
+from carbon_callbacks.models.config import GPTConfig
 
 __all__ = ["CNN", "CNNConfig", "DENSE", "GPTConfig", "SWITCH", "TOP2", "cnn_flops"]

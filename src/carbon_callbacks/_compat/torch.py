@@ -1,0 +1,146 @@
+"""The torch internals carbon-callbacks uses, one small function each, with the releases they were checked on.
+
+Each function reads one private API of torch. When the API is gone (a release newer than the ones checked),
+it calls `carbon_callbacks._compat.missing`, which warns once (raises in strict mode), and takes the fallback
+its docstring names. Public torch APIs (`torch.compiler.set_stance`, `torch.random.fork_rng`) are used directly
+by the callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from carbon_callbacks._compat import missing
+
+#: The torch releases every function below was checked on.
+CHECKED = "torch 2.13.0"
+
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def current_graph_task_id() -> int:
+    """The id of the autograd graph task running on this thread; -1 outside a backward pass.
+
+    Reads `torch._C._current_graph_task_id` (checked on torch 2.13.0).
+
+    Fallback when missing: -1, so only the ops that `FlopCounterMode`'s module tracker sees inside a module's
+    backward are known to be backward FLOPs (the total is unchanged; `includes_backward` may read `False`).
+    """
+    if _graph_task_id is None:
+        missing("torch", "torch._C._current_graph_task_id", CHECKED,
+                "backward FLOPs outside module backward hooks are not told apart from forward ones.")
+        return -1
+    return _graph_task_id()
+
+
+def fake_tensor_mode():
+    """A new `FakeTensorMode` that turns the real tensors it meets into fake ones, or `None`.
+
+    Reads `torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)` (checked on torch 2.13.0).
+    Real tensors that reach an op inside the mode (plain tensor attributes, tensors in closures) are copied to
+    fake ones for that op; the real ones are never written.
+
+    Fallback when missing: `None`; `count_step` then runs the step for real (its `fallback="real"`).
+    """
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError:
+        missing("torch", "torch._subclasses.fake_tensor.FakeTensorMode", CHECKED,
+                "training steps are counted by running them for real (one extra step per batch shape).")
+        return None
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def is_fake(value: object) -> bool:
+    """Whether `value` is a fake tensor (`torch._subclasses.fake_tensor.FakeTensor`, checked on torch 2.13.0).
+
+    Fallback when missing: `False` (no fake tensor can exist then: `fake_tensor_mode` returns `None`).
+    """
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor
+    except ImportError:
+        return False
+    return isinstance(value, FakeTensor)
+
+
+def reparametrized(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]):
+    """A context in which `module`'s parameters and buffers named in `tensors` are those tensors, or `None`.
+
+    Reads `torch.nn.utils.stateless._reparametrize_module` (what `torch.func.functional_call` runs; checked on
+    torch 2.13.0). The module's own tensors are put back on exit, also after an exception.
+
+    Fallback when missing: `None`; `count_step` then runs the step for real (its `fallback="real"`).
+    """
+    try:
+        from torch.nn.utils.stateless import _reparametrize_module
+    except ImportError:
+        missing("torch", "torch.nn.utils.stateless._reparametrize_module", CHECKED,
+                "training steps are counted by running them for real (one extra step per batch shape).")
+        return None
+    return _reparametrize_module(module, dict(tensors), tie_weights=False, strict=False)
+
+
+def _optimized_module_type():
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:
+        return None
+    return OptimizedModule
+
+
+def original_module(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The module `torch.compile(module)` wrapped, when `module` is such a wrapper; else `None`.
+
+    Reads `torch._dynamo.eval_frame.OptimizedModule` and its `_orig_mod` (checked on torch 2.13.0).
+
+    Fallback when missing: `None` (nothing is unwrapped): compiled modules are then called through their
+    wrapper while counting, which runs them eagerly (`torch.compiler.set_stance("force_eager")`), and torch may
+    warn once that global module hooks are set.
+    """
+    optimized = _optimized_module_type()
+    if optimized is None:
+        missing("torch", "torch._dynamo.eval_frame.OptimizedModule", CHECKED,
+                "torch.compile'd modules are counted through their compiled wrapper, run eagerly.")
+        return None
+    if isinstance(module, optimized):
+        return module._orig_mod
+    return None
+
+
+@contextlib.contextmanager
+def uncompiled_submodules(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Replaces every `torch.compile`d submodule of `module` by the module it wraps, until the context exits.
+
+    Yields the module to count: `module` itself, or the module it wraps if `module` was compiled. The compiled
+    wrappers (and the graphs Dynamo cached for them) are put back unchanged on exit, so no dispatch mode or
+    module hook is ever seen by Dynamo. Parameter names are those of the uncompiled module (no `_orig_mod.`).
+    """
+    root = module
+    while (inner := original_module(root)) is not None:
+        root = inner
+    swapped = []
+    try:
+        pending = [root]
+        seen = set()
+        while pending:
+            parent = pending.pop()
+            if id(parent) in seen:
+                continue
+            seen.add(id(parent))
+            for name, child in list(parent._modules.items()):
+                if child is None:
+                    continue
+                inner = child
+                while (unwrapped := original_module(inner)) is not None:
+                    inner = unwrapped
+                if inner is not child:
+                    swapped.append((parent, name, child))
+                    parent._modules[name] = inner
+                pending.append(inner)
+        yield root
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child

@@ -87,6 +87,40 @@ def keras_cases() -> dict:
     return out
 
 
+def flax_case() -> dict:
+    """`track` around a data-parallel step jitted over the 4-device mesh: the run's FLOPs and MFU's chips."""
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from carbon_callbacks import read_run
+    from carbon_callbacks.flax import track
+    from carbon_callbacks.meters import ReplayMeter
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    @jax.jit
+    def step(w, x):
+        return w - 0.1 * jax.grad(loss)(w, x), {"loss": loss(w, x)}
+
+    w = jax.device_put(np.ones((8, 16), np.float32), NamedSharding(mesh, P()))
+    x = jax.device_put(np.ones((32, 8), np.float32), NamedSharding(mesh, P("data")))  # 8 rows per device
+    out_dir = tempfile.mkdtemp()
+    with track(step, intensity=0.4, output_dir=out_dir, log_every_n_steps=1, chip="cpu", dtype="fp32",
+               meter=ReplayMeter(energy_j=1.0, seconds=1.0, component="cpu")) as tracked:
+        for _ in range(3):
+            w, _metrics = tracked(w, x)
+    summary, _ = read_run(out_dir)
+    return {"total_model_flops": summary["total_model_flops"], "num_chips": summary["num_chips"],
+            "matmuls": 3 * 2 * 32 * 8 * 16 - 2 * 32 * 8 * 16 + 2 * 32 * 8 * 16}
+
+
 def two_process_case(port: int, rank: int) -> dict:
     """One of two processes: a data-parallel step over a mesh of both processes' devices, this process's half of
     the global batch of 32 placed with `make_array_from_process_local_data`."""
@@ -118,5 +152,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "processes":
         cases = two_process_case(int(sys.argv[2]), int(sys.argv[3]))
     else:
-        cases = jax_cases() if sys.argv[1] == "jax" else keras_cases()
+        cases = {"jax": jax_cases, "keras": keras_cases, "flax": flax_case}[sys.argv[1]]()
     print("RESULT " + json.dumps(cases))

@@ -81,3 +81,10 @@ def test_two_processes_on_one_mesh_each_count_the_global_step():
         assert result["global_batch"] == 32
         assert result["total"] == result["matmuls"]  # the global step: the input x takes no gradient
         assert (result["devices"], result["processes"]) == (4, 2)
+
+
+def test_a_tracked_mesh_step_reports_the_global_flops_once_over_all_its_chips():
+    result = _run("flax")
+    # The gradient step (forward, weight gradient; no input gradient) plus the metrics' forward, once per step.
+    assert result["total_model_flops"] == 3 * result["matmuls"]
+    assert result["num_chips"] == 4  # MFU over every device of the mesh

@@ -98,3 +98,112 @@ def test_mixtral_counts_routed_experts_only(tmp_path):
     every_expert = analytic(mixtral(experts_per_token=4), LENGTHS[0])
     assert expected.breakdown["moe_experts"] * 2 == every_expert.breakdown["moe_experts"]
     assert records[0]["model_flops"] == expected.model_flops
+
+
+def llama():
+    return transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                    num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+
+
+class LitMasked(LitHF):
+    """Batches as a Hugging Face collator makes them: a dict with a padded `attention_mask`."""
+
+    def training_step(self, batch, batch_idx):
+        return self.model(**batch, labels=batch["input_ids"]).loss
+
+
+def frozen(kind: str):
+    """A Llama fine-tuned with LoRA (peft), or with its backbone frozen but for the last layer."""
+    module = LitMasked(llama())
+    if kind == "lora":
+        peft = pytest.importorskip("peft")
+        module.model = peft.get_peft_model(module.model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    else:
+        for name, parameter in module.model.named_parameters():
+            parameter.requires_grad = name.startswith(("model.layers.1.", "lm_head"))
+    return module
+
+
+def masked_batches(lengths=(16, 16, 24)):
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for n in lengths:
+        ids = torch.randint(0, 128, (BATCH, n), generator=generator)
+        mask = torch.ones(BATCH, n, dtype=torch.long)
+        mask[1:, n - 5:] = 0  # three rows padded at the end
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def real_step_flops(module, batch):
+    """FlopCounterMode (with the library's formulas) over the step that really runs: forward, loss, backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from carbon_callbacks.flops._torch import formulas
+
+    with FlopCounterMode(display=False, custom_mapping=formulas()) as counter:
+        module.training_step(batch, 0).backward()
+    module.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def fit_module(tmp_path, module, batches, **trainer_kwargs):
+    callback = CarbonCallback(intensity=0.5, pue=1.2, output_dir=tmp_path, log_every_n_steps=1,
+                              meter=ReplayMeter(energy_j=10.0, seconds=1.0, component="cpu"))
+    trainer = pl.Trainer(max_steps=len(batches), accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path, callbacks=[callback], **trainer_kwargs)
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    return read_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "backbone"])
+def test_frozen_weights_give_the_flops_of_the_step_that_runs(tmp_path, kind):
+    module = frozen(kind)
+    batches = masked_batches()
+    expected = [real_step_flops(module, b) for b in batches]
+    full = analytic(llama(), 16).model_flops
+    summary, records = fit_module(tmp_path, module, batches)
+    assert [r["model_flops"] for r in records] == pytest.approx(expected, rel=0.01)
+    assert records[0]["model_flops"] < 0.8 * full  # the model config's count would overstate it
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert summary["info"]["params_trainable"] == trainable
+    total = sum(p.numel() for p in module.parameters())  # the adapters' included
+    assert summary["info"]["percent_trainable"] == pytest.approx(100 * trainable / total)
+    assert "of parameters train" in summary["info"]["flops_method"]
+
+
+@pytest.mark.slow
+def test_a_masked_batch_counts_its_real_tokens_and_reports_the_padding(tmp_path):
+    batches = masked_batches()
+    summary, records = fit_module(tmp_path, LitMasked(llama()), batches)
+    real = [int(b["attention_mask"].sum()) for b in batches]
+    assert [r["tokens"] for r in records] == real
+    assert [r["padding_tokens"] for r in records] == [b["input_ids"].numel() - n for b, n in zip(batches, real)]
+    assert summary["tokens"] == sum(real) and summary["padding_tokens"] == 3 * 5 * 3
+    assert summary["energy_j_per_token"] == pytest.approx(summary["energy_kwh"] * 3.6e6 / sum(real))
+
+
+@pytest.mark.slow
+def test_a_compiled_model_keeps_its_graphs_and_nothing_warns(tmp_path):
+    import warnings
+
+    import torch._dynamo
+
+    compiled = []
+
+    def backend(graph, example_inputs):
+        compiled.append(graph)
+        return graph.forward
+
+    module = LitMasked(llama())
+    module.model = torch.compile(module.model, backend=backend)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "global hooks on modules" in a compiled model
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        summary, records = fit_module(tmp_path, module, masked_batches((16, 16, 16, 16)))
+    assert len(compiled) == 1  # one graph for the one shape: counting never recompiled it
+    assert summary["steps"] == 4 and records[0]["model_flops"] == pytest.approx(analytic(llama(), 16).model_flops)

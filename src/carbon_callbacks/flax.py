@@ -18,11 +18,9 @@ Example:
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
-import math
-import struct
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,71 +51,6 @@ class StepCounters(NamedTuple):
 
     steps: int = 0
     signatures: int = 0
-
-
-_PYTHON_SCALARS = (bool, int, float, complex)
-
-
-def _leaf_signature(leaf: Any) -> tuple:
-    shape = getattr(leaf, "shape", None)
-    if shape is not None:
-        return (tuple(shape), getattr(leaf, "dtype", None))
-    if isinstance(leaf, _PYTHON_SCALARS):  # `TrainState.create(...).step` is a Python 0, later an int32 array
-        return ((), jax.dtypes.canonicalize_dtype(type(leaf)))
-    return (type(leaf),)
-
-
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    """A hashable key of the arguments' tree structure and leaf shapes/dtypes (not their values)."""
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    return (treedef, *map(_leaf_signature, leaves))
-
-
-def _process_sum(values: Sequence[float]) -> list[float]:
-    """Sums `values` over JAX processes with `multihost_utils.process_allgather` (call on every process).
-
-    The float64 totals travel bit-exact as pairs of uint32 words (JAX keeps 32-bit types unless x64 is on) and
-    are summed on the host in float64, in process order, so every process gets the same result.
-    """
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    words = struct.unpack(f"<{2 * len(values)}I", struct.pack(f"<{len(values)}d", *values))
-    gathered = multihost_utils.process_allgather(np.asarray(words, dtype=np.uint32))
-    rows = np.asarray(gathered).reshape(jax.process_count(), -1)
-    per_process = [struct.unpack(f"<{len(values)}d", struct.pack(f"<{2 * len(values)}I", *row.tolist()))
-                   for row in rows]
-    return [math.fsum(column) for column in zip(*per_process)]
-
-
-def _count_params(args: tuple) -> int | None:
-    """Parameters of the model among the step's arguments: a `TrainState`'s `params` or an NNX module's `Param`s."""
-    nnx = sys.modules.get("flax.nnx")  # only if the user imported it
-    for arg in args:
-        if nnx is not None and isinstance(arg, nnx.Module):
-            params = nnx.state(arg, nnx.Param)
-        else:
-            params = getattr(arg, "params", None)
-        if params is not None:
-            return sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree_util.tree_leaves(params))
-    return None
-
-
-def _token_leaves(args: tuple):
-    """(shape, is_integer) of the step's array arguments, for the batch's token ids."""
-    for leaf in jax.tree_util.tree_leaves(args):
-        shape = getattr(leaf, "shape", None)
-        if shape is not None:
-            yield tuple(shape), jax.numpy.issubdtype(leaf.dtype, jax.numpy.integer)
-
-
-def _block(out: Any) -> None:
-    """Waits for the step that produced `out` (nothing to wait for once a later call took its donated arrays)."""
-    if out is not None:
-        try:
-            jax.block_until_ready(out)
-        except Exception:  # a donated (deleted) array: its step is done
-            pass
 
 
 class TrackedStep:
@@ -187,9 +120,8 @@ class TrackedStep:
     def _start(self, args: tuple) -> None:
         """Begins the run at the first call, after the user's `jax.distributed.initialize`."""
         self._started = True
-        num_chips = jax.device_count() if jax.default_backend() != "cpu" else None  # all processes' accelerators
         info = {"framework": f"jax {jax.__version__}", "step_function": getattr(self, "__qualname__", None)}
-        params = _count_params(args)
+        params = _jax.count_params(args)
         if params:
             info.update(params_total=params, params_source="counted: the step's parameter arrays")
         self.session.start(
@@ -200,9 +132,9 @@ class TrackedStep:
             rank=jax.process_index(),
             info=info,
             total_steps=self._total_steps,
-            num_chips=num_chips,
-            device_sync=_block,
-            reduce_sum=_process_sum if jax.process_count() > 1 else None,
+            num_chips=_jax.chips_of(args),
+            device_sync=_jax.block,
+            reduce_sum=_jax.process_sum if jax.process_count() > 1 else None,
         )
         # Only entries compiled while we watch can be attributed to a signature we saw.
         self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0
@@ -219,21 +151,26 @@ class TrackedStep:
         size = _jax.jit_cache_size(self.__wrapped__)
         if self._only is not None and size is not None and size == self._last_cache_size:
             return self._only
-        key = _signature(args, kwargs)
+        key = _jax.step_signature(args, kwargs)
         if key not in self._seen:
             self._seen.add(key)
             self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
         flops = self.session.count(key, lambda: self._count(args, kwargs),
-                                   lambda: token_shape(_token_leaves(args)))
+                                   lambda: token_shape(_jax.token_leaves(args)))
         self._last_cache_size = size
         self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
         return flops
 
     def _count(self, args: tuple, kwargs: dict):
-        from carbon_callbacks.flops import count
+        """The traced step's FLOPs; a mesh over several processes is traced whole by each: this one's share."""
+        from carbon_callbacks.flops._jax import count_placed
 
         fn = functools.partial(self.__wrapped__, **kwargs) if kwargs else self.__wrapped__
-        return count(fn, *args, framework="jax")
+        counted, placement = count_placed(fn, *args)
+        if placement.processes == 1:
+            return counted
+        return dataclasses.replace(counted, total=counted.total / placement.processes,
+                                   executed=counted.executed / placement.processes)
 
     def close(self, status: str | None = None) -> dict[str, float]:
         """Ends the run and hands back its final `carbon/*` metrics, equal to `run.json`, for the user's writer.
@@ -327,8 +264,8 @@ def track(
         region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type: as every
             adapter takes them (see `carbon_callbacks.RunSession`); one of `region`/`intensity` is required. A
             `flops_per_batch` attribute on the step function works like `flops=`.
-        num_chips: chips in the whole run. Defaults to `None`: `jax.device_count()` on accelerators, one per
-            process on CPU.
+        num_chips: chips in the whole run. Defaults to `None`: the devices the step's arguments are placed on (all
+            of a mesh's), in every process.
         output_dir: where process 0 writes the run files. Defaults to `None`: `./carbon-runs/<UTC timestamp>`.
         log_every_n_steps: steps per interval (one device sync and one meter reading each). Defaults to `None`:
             50.

@@ -170,10 +170,11 @@ class CarbonCallback(keras.callbacks.Callback):
         self._replicas, accelerators = _keras.replicas(self._trained)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         info = {"framework": f"keras {keras.__version__} ({keras.backend.backend()})", "replicas": self._replicas}
+        trainable = None
         if self._trained.built:
             info.update(params_total=int(self._trained.count_params()),
-                        params_trainable=sum(math.prod(w.shape) for w in self._trained.trainable_weights),
                         params_source="counted: keras Model.count_params")
+            trainable = (sum(math.prod(w.shape) for w in self._trained.trainable_weights), info["params_total"])
         session.start(
             model=self._trained,
             log_every_n_steps=DEFAULT_LOG_EVERY_N_STEPS,
@@ -181,6 +182,7 @@ class CarbonCallback(keras.callbacks.Callback):
             total_steps=steps * epochs if steps and epochs else None,
             num_chips=accelerators or None,
             device_sync=lambda loss: loss is None or float(loss),
+            trainable=trainable,
         )
         self._tf_spec, self._tf_shapes_known, self._tf_full_batch = None, None, None
         self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call)

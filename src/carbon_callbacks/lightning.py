@@ -14,6 +14,7 @@ from typing import Any
 from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_for
 from carbon_callbacks._run.step_flops import attention_mask, token_shape
+from carbon_callbacks.flops import trainable_fraction
 
 _NAMESPACES = _lightning.installed_namespaces()
 import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
@@ -129,10 +130,10 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         root = trainer.strategy.root_device
         sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
-        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         self.session.start(
             model=pl_module,
             traceable=pl_module.automatic_optimization and sharded is None,
+            trainable=tuple(trainable_fraction(pl_module)),
             untraceable_reason=f"under {sharded} the step is sharded and counting it would step outside the engine;"
             if sharded else "FLOPs of modules with manual optimization are not counted (counting would run an "
             "optimizer step);",
@@ -144,7 +145,6 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
                 "framework": _lightning.framework_of(trainer),
                 "model": type(pl_module).__name__,
                 "params_total": sum(p.numel() for p in pl_module.parameters()),
-                "params_trainable": trainable,
                 "params_source": "counted: module parameters",
             },
             total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
@@ -268,51 +268,23 @@ def _run_folder(trainer) -> Path:
 
 
 def _count_step(module, batch, batch_idx):
-    """FLOPs of one training step on this batch, traced with no lasting effect (see `_StepRunner`)."""
-    from carbon_callbacks.flops import count
+    """FLOPs of one training step on this batch, counted on fake tensors with `self.log` muted: nothing runs, no
+    state of the module changes (`carbon_callbacks.flops.count_step`)."""
+    from carbon_callbacks.flops import count_step
 
-    return count(_StepRunner(module, batch, batch_idx), framework="torch")
-
-
-class _StepRunner:
-    """One training step of a LightningModule with no lasting effect: for counting its FLOPs once.
-
-    Runs `training_step` and the backward of its loss with `self.log` muted; restores the RNG state, the
-    module's buffers (e.g. batch-norm statistics) and the gradients afterwards.
-    """
-
-    def __init__(self, module, batch, batch_idx) -> None:
-        self.module, self.batch, self.batch_idx = module, batch, batch_idx
-
-    def __call__(self) -> None:
-        module = self.module
-        params = [p for p in module.parameters() if p.requires_grad]
-        grads = [p.grad for p in params]
-        buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-        devices = [p.device for p in params[:1] if p.device.type == "cuda"]
+    def training_step(batch, batch_idx):
         muted = {name: module.__dict__.get(name) for name in ("log", "log_dict")}
-        module.log = lambda *args, **kwargs: None
-        module.log_dict = lambda *args, **kwargs: None
+        module.log = module.log_dict = lambda *args, **kwargs: None
         try:
-            for p in params:
-                p.grad = None
-            with torch.random.fork_rng(devices=devices):
-                out = module.training_step(self.batch, self.batch_idx)
-                loss = out.get("loss") if isinstance(out, Mapping) else out
-                if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                    loss.backward()
+            return module.training_step(batch, batch_idx)
         finally:
             for name, value in muted.items():
                 if value is None:
                     module.__dict__.pop(name, None)
                 else:
                     module.__dict__[name] = value
-            for p, g in zip(params, grads):
-                p.grad = g
-            with torch.no_grad():
-                for name, b in module.named_buffers():
-                    if name in buffers:
-                        b.copy_(buffers[name])
+
+    return count_step(module, training_step, batch, batch_idx)
 
 
 def _build_meter(root, trainer, **options):

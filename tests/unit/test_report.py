@@ -180,7 +180,7 @@ def test_older_version_is_named_and_its_gaps_listed(tmp_path):
 def test_table4_rows_keeps_its_contract(tmp_path):
     summary = make_run(tmp_path)
     names = [name for name, _, _ in table4_rows(summary)]
-    assert names[:3] == ["parameters", "% parameters activated per token", "processor"]
+    assert names[:4] == ["parameters", "% parameters activated per token", "% parameters trained", "processor"]
     assert format_report(summary).startswith("carbon-callbacks: 20 steps, status finished")
 
 

@@ -8,8 +8,14 @@ fallback its docstring gives.
 
 from __future__ import annotations
 
+import math
 import re
+import struct
+import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import jax
 
 from carbon_callbacks._compat import missing
 
@@ -268,7 +274,9 @@ def conv_input_gradient_is_marked() -> bool:
     return _MARKED[0]
 
 
-# --- the Flax adapter ------------------------------------------------------------------------------------------------
+# --- the Flax adapter: the step's arguments, processes, devices ----------------------------------------------------
+# Public JAX and Flax APIs, gathered here so the adapter maps hooks only; `jit_cache_size` alone reads an internal.
+
 
 
 def jit_cache_size(fn: Any) -> int | None:
@@ -286,3 +294,82 @@ def jit_cache_size(fn: Any) -> int | None:
         return int(size())
     except Exception:
         return None
+
+
+_PYTHON_SCALARS = (bool, int, float, complex)
+
+
+def _leaf_signature(leaf: Any) -> tuple:
+    shape = getattr(leaf, "shape", None)
+    if shape is not None:
+        return (tuple(shape), getattr(leaf, "dtype", None))
+    if isinstance(leaf, _PYTHON_SCALARS):  # `TrainState.create(...).step` is a Python 0, later an int32 array
+        return ((), jax.dtypes.canonicalize_dtype(type(leaf)))
+    return (type(leaf),)
+
+
+def step_signature(args: tuple, kwargs: dict) -> tuple:
+    """A hashable key of the arguments' tree structure and leaf shapes/dtypes (not their values)."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    return (treedef, *map(_leaf_signature, leaves))
+
+
+def process_sum(values: Sequence[float]) -> list[float]:
+    """Sums `values` over JAX processes with `multihost_utils.process_allgather` (call on every process).
+
+    The float64 totals travel bit-exact as pairs of uint32 words (JAX keeps 32-bit types unless x64 is on) and
+    are summed on the host in float64, in process order, so every process gets the same result.
+    """
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    words = struct.unpack(f"<{2 * len(values)}I", struct.pack(f"<{len(values)}d", *values))
+    gathered = multihost_utils.process_allgather(np.asarray(words, dtype=np.uint32))
+    rows = np.asarray(gathered).reshape(jax.process_count(), -1)
+    per_process = [struct.unpack(f"<{len(values)}d", struct.pack(f"<{2 * len(values)}I", *row.tolist()))
+                   for row in rows]
+    return [math.fsum(column) for column in zip(*per_process)]
+
+
+def count_params(args: tuple) -> int | None:
+    """Parameters of the model among the step's arguments: a `TrainState`'s `params` or an NNX module's `Param`s."""
+    nnx = sys.modules.get("flax.nnx")  # only if the user imported it
+    for arg in args:
+        if nnx is not None and isinstance(arg, nnx.Module):
+            params = nnx.state(arg, nnx.Param)
+        else:
+            params = getattr(arg, "params", None)
+        if params is not None:
+            return sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree_util.tree_leaves(params))
+    return None
+
+
+def token_leaves(args: tuple):
+    """(shape, is_integer) of the step's array arguments, for the batch's token ids."""
+    for leaf in jax.tree_util.tree_leaves(args):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None:
+            yield tuple(shape), jax.numpy.issubdtype(leaf.dtype, jax.numpy.integer)
+
+
+def chips_of(args: tuple) -> int:
+    """Chips the step runs on: the devices its arguments are placed on (a mesh's, or one device) in every process.
+
+    A step over a device mesh (data parallel over its devices) runs on all of them, so its MFU is over all of them.
+    """
+    devices = set()
+    for leaf in jax.tree_util.tree_leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.Sharding):
+            devices.update(sharding.device_set)
+    local = all(d.process_index == jax.process_index() for d in devices)
+    return max(len(devices), 1) * (jax.process_count() if local else 1)
+
+
+def block(out: Any) -> None:
+    """Waits for the step that produced `out` (nothing to wait for once a later call took its donated arrays)."""
+    if out is not None:
+        try:
+            jax.block_until_ready(out)
+        except Exception:  # a donated (deleted) array: its step is done
+            pass

@@ -37,6 +37,7 @@ EMBODIED_ROW = "embodied kg CO2e (chips' manufacturing share; not in the rows ab
 _MISSING_REASON = {
     "parameters": "run.json info has no params_total (the model was not annotated)",
     "% parameters activated per token": "run.json info has no percent_active",
+    "% parameters trained": "the adapter cannot see which parameters train (e.g. an optax mask); all are assumed to",
     "processor": "no chip was given to the callback",
     "number of processors": "not in run.json",
     "PUE": "not in run.json",
@@ -68,6 +69,7 @@ def table4_rows(summary: dict) -> list[tuple[str, object, str]]:
     rows = [
         ("parameters", info.get("params_total"), info.get("params_source", "")),
         ("% parameters activated per token", info.get("percent_active"), info.get("params_source", "")),
+        ("% parameters trained", info.get("percent_trainable"), "counted: parameters that require a gradient"),
         ("processor", summary.get("chip"), "given" if summary.get("chip") else ""),
         ("number of processors", summary.get("num_chips"), f"world size {world}" if world is not None else ""),
         ("PUE", summary.get("pue"), sources.get("pue", "")),

@@ -249,6 +249,7 @@ class RunSession:
         meter_factory: Callable[..., Any] | None = None,
         device_sync: Callable[[Any], None] | None = None,
         reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None,
+        trainable: tuple[int, int] | None = None,
     ) -> None:
         """Begins a run: the run folder, a fresh accountant (or the restored totals), the FLOP source, the meter.
 
@@ -277,6 +278,8 @@ class RunSession:
                 meter is read. Defaults to `None`.
             reduce_sum: the framework's collective summing a list of floats over ranks (called on every rank at
                 every interval close and at a finished end). Defaults to `None`.
+            trainable: (parameters that train, all parameters); with some frozen, the model FLOPs come from the
+                traced step instead of the model config (see `StepFlopsSource.reset`). Defaults to `None`.
         """
         if self._running:
             self.finish("interrupted")
@@ -304,7 +307,8 @@ class RunSession:
         if restored is not None:
             self._accountant.load_state_dict(restored)
         self._accountant.annotate(**{**(info or {}), **self._info})
-        self._flops.reset(model, config=config, traceable=traceable, untraceable_reason=untraceable_reason)
+        self._flops.reset(model, config=config, traceable=traceable, untraceable_reason=untraceable_reason,
+                          trainable=trainable)
         if self._user_meter is None:
             if meter_factory is None:
                 from carbon_callbacks.meters import create_meter as meter_factory

@@ -124,20 +124,23 @@ class StepFlopsSource:
         self._annotate = annotate
         self._cache: dict[Hashable, StepFlops | None] = {}
         self._fits: dict[Hashable, LengthFit] = {}
-        self._source: tuple = (None, None, None, None)  # (model, fixed, method, config) of the counts kept
+        self._source: tuple = (None,) * 5  # (model, fixed, method, config, trained share) of the counts kept
         self._facts: dict = {}  # what the counts found, for `run.json`'s `info`
         self.direct_counts = 0
         self.fixed: float | None = None
         self.method: str | None = None
         self.config = None
         self.traceable = True
+        self.trained_share: float | None = None
 
     def reset(self, model: Any = None, *, config: Any = None, traceable: bool = True,
-              untraceable_reason: str = "") -> None:
+              untraceable_reason: str = "", trainable: tuple[int, int] | None = None) -> None:
         """Chooses the source for a new run of `model` (the object the framework trains).
 
         A new run of the same model from the same source keeps the counts made so far (a second `fit` costs no
-        new trace) and what they found.
+        new trace) and what they found. With `trainable` = (parameters that train, all parameters) and some
+        frozen (LoRA, a frozen backbone), the model FLOPs come from the traced step, which runs no weight gradient
+        for frozen weights, instead of the model config's count, which assumes every weight trains.
         """
         attribute = getattr(model, "flops_per_batch", None) if model is not None else None
         found, config = config, None
@@ -149,7 +152,10 @@ class StepFlopsSource:
         else:
             fixed, method = None, None
             config = (find_model_config(model) if model is not None else None) or found
-        source = (model, fixed, method, config)
+        self.trained_share = None
+        if trainable is not None and trainable[1] > 0 and trainable[0] < trainable[1]:
+            self.trained_share = trainable[0] / trainable[1]
+        source = (model, fixed, method, config, self.trained_share)
         if model is None or model is not self._source[0] or source[1:] != self._source[1:]:
             self._cache = {}
             self._fits: dict[Hashable, LengthFit] = {}
@@ -160,6 +166,14 @@ class StepFlopsSource:
         if fixed is None and not traceable and config is None:
             self._warn_once("flops-untraceable", f"carbon-callbacks: {untraceable_reason} carbon/flops and MFU are "
                             "not reported; pass flops= or define `flops_per_batch`.")
+        if fixed is None and not traceable and config is not None and self.trained_share is not None:
+            self._warn_once("flops-frozen", f"carbon-callbacks: {100 * self.trained_share:.3g}% of the parameters "
+                            "train, but the step cannot be traced here, so the model FLOPs come from the model "
+                            "config, which counts a weight gradient for every weight and overstates this step's "
+                            "(and its MFU); pass flops= with the step's FLOPs.")
+        if trainable is not None:
+            self._annotate(params_trainable=int(trainable[0]),
+                           percent_trainable=100.0 * trainable[0] / trainable[1] if trainable[1] else None)
         self._annotate(**({"flops_method": method} if method else {}), **self._facts)
 
     @property
@@ -212,6 +226,10 @@ class StepFlopsSource:
         if analytic is None:
             model = hardware = float(traced[0])
             method = traced[1]
+        elif traced is not None and self.trained_share is not None:  # frozen weights: the step that runs
+            model = hardware = float(traced[0])
+            method = (f"model: {traced[1]} ({100 * self.trained_share:.3g}% of parameters train; the model config's "
+                      f"count assumes all do); hardware: the same")
         else:
             model = float(analytic.model_flops)
             hardware = float(traced[0]) if traced is not None else float(analytic.hardware_flops)

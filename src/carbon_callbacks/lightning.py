@@ -13,7 +13,7 @@ from typing import Any
 
 from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_for
-from carbon_callbacks._run.step_flops import attention_mask, token_shape
+from carbon_callbacks._run.step_flops import array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import trainable_fraction
 
 _NAMESPACES = _lightning.installed_namespaces()
@@ -26,29 +26,6 @@ RUN_SUBDIR = "carbon"
 #: Interval used when the Trainer writes no logs (`log_every_n_steps=0`) and none was given: the Trainer's own
 #: default, https://lightning.ai/docs/pytorch/stable/common/trainer.html#log-every-n-steps .
 _FALLBACK_INTERVAL = 50
-
-
-def _batch_key(batch: Any, depth: int = 0) -> tuple:
-    """A hashable description of a batch's tensor shapes and dtypes (FLOPs are counted once per key)."""
-    if isinstance(batch, torch.Tensor):
-        return (tuple(batch.shape), str(batch.dtype))
-    if depth > 6:
-        return ()
-    if isinstance(batch, Mapping):
-        return tuple((k, _batch_key(v, depth + 1)) for k, v in batch.items())
-    if isinstance(batch, (list, tuple)):
-        return tuple(_batch_key(v, depth + 1) for v in batch)
-    return (type(batch).__name__,)
-
-
-def _tensor_leaves(batch: Any, depth: int = 0):
-    """(shape, is_integer) of every tensor in the batch, in order."""
-    if isinstance(batch, torch.Tensor):
-        yield tuple(batch.shape), not (batch.is_floating_point() or batch.is_complex())
-    elif depth <= 6:
-        values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
-        for value in values:
-            yield from _tensor_leaves(value, depth + 1)
 
 
 class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
@@ -159,9 +136,9 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         if not session.running:
             return
         flops = session.count(  # once per batch shape; after the step, which it does not change
-            _batch_key(batch),
+            batch_key(batch),
             lambda: _count_step(pl_module, batch, batch_idx),
-            lambda: token_shape(_tensor_leaves(batch)),
+            lambda: token_shape(array_leaves(batch)),
         )
         mask = attention_mask(batch)
         # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning

@@ -58,6 +58,34 @@ def add_step_flops(items: Iterable[StepFlops | None]) -> StepFlops | None:
                      total(i.tokens for i in items))
 
 
+def batch_key(batch: Any, depth: int = 0) -> tuple:
+    """A hashable description of a batch's array shapes and dtypes (FLOPs are counted once per key).
+
+    Any array with `shape` and `dtype` (torch, NumPy, JAX) is a leaf; mappings, lists and tuples are walked.
+    """
+    shape, dtype = getattr(batch, "shape", None), getattr(batch, "dtype", None)
+    if shape is not None and dtype is not None:
+        return (tuple(shape), str(dtype))
+    if depth > 6:
+        return ()
+    if isinstance(batch, Mapping):
+        return tuple((k, batch_key(v, depth + 1)) for k, v in batch.items())
+    if isinstance(batch, (list, tuple)):
+        return tuple(batch_key(v, depth + 1) for v in batch)
+    return (type(batch).__name__,)
+
+
+def array_leaves(batch: Any, depth: int = 0) -> Iterable[tuple[tuple[int, ...], bool]]:
+    """(shape, is_integer) of every array in a batch, in order (for `token_shape`)."""
+    shape, dtype = getattr(batch, "shape", None), getattr(batch, "dtype", None)
+    if shape is not None and dtype is not None:
+        yield tuple(shape), "int" in str(dtype)
+    elif depth <= 6:
+        values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+        for value in values:
+            yield from array_leaves(value, depth + 1)
+
+
 def token_shape(leaves: Iterable[tuple[tuple[int, ...], bool]]) -> tuple[int, int] | None:
     """(batch, sequence) of the first 2-D integer array among `(shape, is_integer)` leaves: a language model's ids."""
     for shape, is_integer in leaves:

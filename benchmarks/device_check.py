@@ -10,7 +10,11 @@ What it does, on CUDA device 0 only:
    (system power where the table has it, else TDP x 1.0);
 2. the same load cut into short per-step windows (~20 ms) whose sum is compared with one run-long window,
    to check the short-window attribution;
-3. the per-window cost of the NVML counter meter.
+3. the per-window cost of the NVML counter meter;
+4. `--fsdp`: a Lightning fit of a Llama built from its config (about 110M parameters, bf16-mixed) under
+   `strategy="fsdp"` on this one GPU, with and without the callback: the callback must not trace the sharded step
+   (FLOPs from the model config), must add no GPU memory (peak ratio), and its energy must be `measured:nvml`;
+   then one fake-tensor count of the same model's step (`count_step`) timed against one real step.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration, s")
     parser.add_argument("--size", type=int, default=8192, help="square matrix size")
     parser.add_argument("--chip", help="chips-table name for the modeled estimate (default: from the GPU name)")
+    parser.add_argument("--fsdp", action="store_true", help="also the Lightning FSDP check (needs transformers)")
     args = parser.parse_args()
 
     try:
@@ -135,7 +140,76 @@ def main() -> int:
     print(f"\nNvmlMeter per-window cost (begin + end, 1 GPU): {statistics.median(costs) * 1e6:.1f} us median")
     for m in meters.values():
         m.close()
+    if args.fsdp:
+        fsdp_check(chip.name if chip else None)
     return 0
+
+
+def fsdp_check(chip: str | None, steps: int = 20) -> None:
+    """The callback under Lightning's FSDP strategy on one GPU: no trace, no extra memory, measured energy."""
+    import pytorch_lightning as pl
+    import torch
+    import transformers
+
+    from carbon_callbacks import TransformerConfig, transformer_flops
+    from carbon_callbacks.flops import count_step
+    from carbon_callbacks.lightning import CarbonCallback
+
+    config = transformers.LlamaConfig(num_hidden_layers=8, hidden_size=768, intermediate_size=2048,
+                                      num_attention_heads=12, num_key_value_heads=4, vocab_size=32000,
+                                      max_position_embeddings=1024)
+    batch, seq = 8, 512
+
+    class Lit(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = transformers.LlamaForCausalLM(config)
+
+        def training_step(self, tokens, batch_idx):
+            return self.model(input_ids=tokens, labels=tokens).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+    data = torch.randint(0, config.vocab_size, (steps * batch, seq))
+    peaks = {}
+    runs = (("without", []), ("with", [CarbonCallback(intensity=0.4, chip=chip, log_every_n_steps=5)]))
+    for label, callbacks in runs:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        trainer = pl.Trainer(accelerator="cuda", devices=1, strategy="fsdp", precision="bf16-mixed", max_steps=steps,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=callbacks)
+        trainer.fit(Lit(), torch.utils.data.DataLoader(data, batch_size=batch))
+        peaks[label] = torch.cuda.max_memory_allocated()
+        if callbacks:
+            summary = callbacks[0].summary
+            expected = steps * transformer_flops(TransformerConfig.from_hf(config, seq_len=seq,
+                                                                           batch_size=batch)).model_flops
+            print(f"\n[fsdp] flops method: {summary['info'].get('flops_method')}; total model FLOPs "
+                  f"{summary['total_model_flops']:.4g} (analytic {expected:.4g}); energy {summary['energy_method']}; "
+                  f"MFU {summary['mfu']}")
+    print(f"[fsdp] peak GPU memory with / without the callback: {peaks['with'] / peaks['without']:.4f} "
+          f"({peaks['with'] / 2**30:.2f} / {peaks['without'] / 2**30:.2f} GiB)")
+
+    module = Lit().cuda()
+    tokens = data[:batch].cuda()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    times = []
+    for _ in range(4):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            module.training_step(tokens, 0).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    counted = count_step(module, module.training_step, tokens, 0)
+    count_s = time.perf_counter() - start
+    step_s = statistics.median(times[1:])
+    print(f"[count] one fake count {count_s * 1e3:.0f} ms = {count_s / step_s:.2f} of a {step_s * 1e3:.0f} ms step "
+          f"({counted.method}; {counted.total:.4g} FLOPs)")
 
 
 if __name__ == "__main__":

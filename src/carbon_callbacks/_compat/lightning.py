@@ -47,8 +47,7 @@ def callback_bases(namespaces: list) -> tuple[type, ...]:
 
 def sharded_strategy(strategy: object) -> str | None:
     """The name of `strategy`'s class when it shards the model (FSDP, DeepSpeed, model parallel), else `None`."""
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    return next((name for name in SHARDED_STRATEGIES if name in names), None)
+    return next((cls.__name__ for cls in type(strategy).__mro__ if cls.__name__ in SHARDED_STRATEGIES), None)
 
 
 def framework_of(trainer: object) -> str:

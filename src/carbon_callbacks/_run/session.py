@@ -177,11 +177,6 @@ class RunSession:
         """The last finished run's `run.json` content (`None` before the first run ends)."""
         return self._finished
 
-    @property
-    def flops_given(self) -> bool:
-        """Whether the run's FLOPs per step are given (`flops=` or `flops_per_batch`), not counted."""
-        return self._flops.fixed is not None
-
     def params(self) -> dict[str, Any]:
         """The run's facts for a logger's hyperparameters: site, chip, how energy and FLOPs are obtained, version."""
         from carbon_callbacks import __version__

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit clean
+.PHONY: demo test unit test-latest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,21 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/carbon-callbacks demo
 
 test: $(VENV)/.test-installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The fast unit tests alone (no framework imports).
 unit: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q tests
 
+# The adapter suites against the newest releases of Lightning, Keras and JAX/Flax (not run by CI): the next
+# release's breakage shows here before users see it. torch stays 2.13.0, the CPU build.
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade "torch==2.13.0" -e ".[all,test]" \
+		pytorch-lightning lightning keras jax jaxlib flax optax transformers
+	.venv-latest/bin/python -m pytest -q tests integrations/lightning integrations/keras integrations/flax \
+		integrations/hf integrations/parity
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-latest build src/*.egg-info .pytest_cache

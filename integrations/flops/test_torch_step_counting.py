@@ -98,20 +98,9 @@ class LitClassifier(pl.LightningModule):
 
 def lightning_step(module):
     """The module's `training_step` with `self.log` and `self.log_dict` muted, as the adapter calls it."""
+    from carbon_callbacks.lightning import muted_training_step
 
-    def step(batch, batch_idx):
-        muted = {name: module.__dict__.get(name) for name in ("log", "log_dict")}
-        module.log = module.log_dict = lambda *args, **kwargs: None
-        try:
-            return module.training_step(batch, batch_idx)
-        finally:
-            for name, value in muted.items():
-                if value is None:
-                    module.__dict__.pop(name, None)
-                else:
-                    module.__dict__[name] = value
-
-    return step
+    return muted_training_step(module)
 
 
 def lightning_batch():

@@ -138,6 +138,21 @@ def test_resume_continues_the_totals(tmp_path):
     for key in ("energy_kwh", "gross_co2e_kg", "net_co2e_kg", "total_model_flops", "wall_time_s"):
         assert b[key] == pytest.approx(a[key], rel=1e-12), key
     assert b["started_at"] == first.summary["started_at"]
+    assert resumed.session.run_dir == first.session.run_dir  # the resumed fit continues its own run folder
+
+
+def test_checkpoints_every_two_steps_never_split_an_interval(tmp_path):
+    import pytorch_lightning as pl
+
+    callback = CarbonCallback(**SITE, meter=FixedMeter())
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer(tmp_path, [callback, saver], max_steps=12, log_every_n_steps=5, enable_checkpointing=True).fit(
+        LitGPT(), loader())
+    _, records = read_run(callback.session.run_dir)
+    assert [r["num_steps"] for r in records] == [5, 5, 2]
+    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=6.ckpt", weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("CarbonCallback"))
+    assert state["steps"] == 6  # the checkpoint holds every step so far, the open interval's included
 
 
 def test_callback_instance_is_reusable(tmp_path):
@@ -205,3 +220,14 @@ def test_a_failure_inside_the_callback_never_reaches_the_loop(tmp_path):
         warnings.simplefilter("ignore")
         callback, _ = fit(tmp_path, meter=BrokenMeter(), log_every_n_steps=1)
     assert callback.summary["steps"] == 8
+
+
+def test_a_warning_points_at_the_users_fit_line_and_names_a_fix_that_exists(tmp_path):
+    module = LitGPT()
+    module.flops_per_batch = "lots"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, module)
+    (warning,) = [w for w in caught if "flops_per_batch must be a number" in str(w.message)]
+    assert warning.filename == __file__  # the line that called fit, not a library line
+    assert CarbonCallback(**SITE, rapl=False, nvml=False)  # the fixes the meter warnings name exist

@@ -4,15 +4,7 @@
 not, Linen or NNX, with its donation and sharding) and maps each call onto `carbon_callbacks.RunSession`: per step
 a few additions in memory; when an interval closes (every `log_every_n_steps` steps) the session waits for the
 step's outputs, reads the meter and, with several processes, sums the totals across them. Nothing runs inside
-`jit`.
-
-Example:
-    >>> from carbon_callbacks.flax import track
-    >>> step = track(train_step, region="us-central1", log_every_n_steps=10)  # doctest: +SKIP
-    >>> with step:  # doctest: +SKIP
-    ...     for batch in batches:
-    ...         state, metrics = step(state, batch)  # metrics now holds carbon/co2e_kg, carbon/flops, ...
-    >>> writer.write_scalars(step.counters.steps, step.metrics())  # doctest: +SKIP  (the totals of run.json)
+`jit`. The README shows the loop with a writer; `track`'s docstring the arguments.
 """
 
 from __future__ import annotations
@@ -281,9 +273,10 @@ def track(
         UnknownNameError: for a region or chip not in the tables.
 
     Example:
-        >>> step = track(train_step, region="us-central1", chip="a100", output_dir="runs/dense")  # doctest: +SKIP
-        >>> state, metrics = step(state, batch)  # doctest: +SKIP
-        >>> metrics["carbon/co2e_kg"]  # doctest: +SKIP
+        >>> with track(train_step, region="us-central1", chip="a100") as step:  # doctest: +SKIP
+        ...     for batch in batches:
+        ...         state, metrics = step(state, batch)  # metrics now holds carbon/co2e_kg, carbon/flops, ...
+        >>> writer.write_scalars(step.counters.steps, step.metrics())  # doctest: +SKIP  (the totals of run.json)
 
     Notes:
         Timing per interval, several processes, and how FLOPs are counted: `docs/adapters.md`.

@@ -99,6 +99,7 @@ class CarbonCallback(keras.callbacks.Callback):
         self._trained = None  # the model, taken once per fit: on JAX, `self.model` syncs the trainer's state
         self._replicas = 1
         self._global_step = self._epoch = 0
+        self._tf_sizes: _keras.TfBatchSizes | None = None  # TensorFlow: the batch sizes, from the loss metric
         self._new_epoch()
 
     def _new_epoch(self) -> None:
@@ -106,8 +107,8 @@ class CarbonCallback(keras.callbacks.Callback):
         self._taken = self._dispatched = self._ended = 0  # batches taken by, dispatched to, ended in the epoch
         self._first_of: dict[int, int] = {}  # a train function call's end batch index -> its first one
         self._counted: dict[int, tuple] = {}  # batch index -> (StepFlops, real tokens), until its step ends
-        self._tf_counts: dict[int, int] = {}  # TensorFlow: batch index after a call -> loss samples seen by then
-        self._tf_samples_seen = 0
+        if self._tf_sizes is not None:
+            self._tf_sizes.new_epoch()
 
     # ------------------------------------------------------------------------------------------- public
     @property
@@ -184,7 +185,7 @@ class CarbonCallback(keras.callbacks.Callback):
             device_sync=lambda loss: loss is None or float(loss),
             trainable=trainable,
         )
-        self._tf_spec, self._tf_shapes_known, self._tf_full_batch = None, None, None
+        self._tf_sizes = _keras.TfBatchSizes(self._trained) if keras.backend.backend() == "tensorflow" else None
         self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call)
 
     @guarded
@@ -243,11 +244,9 @@ class CarbonCallback(keras.callbacks.Callback):
         """After each train function call (main thread): the steps it dispatched; on TensorFlow, their batch sizes."""
         first = self._dispatched  # where the previous call's steps ended
         if iterator is not None:  # TensorFlow: the batches stayed in the graph; count the loss metric's samples
-            self._tf_spec = getattr(iterator, "element_spec", None)
             limit = self.params.get("steps") or float("inf")
-            self._taken = end = min(first + self._trained.steps_per_execution, limit)
-            if self._tf_full_batch is None or end == limit or limit == float("inf"):
-                self._tf_counts[end] = _keras.loss_sample_count(self._trained)
+            self._taken = min(first + self._trained.steps_per_execution, limit)
+            self._tf_sizes.after_call(iterator, self._taken, last=self._taken == limit or limit == float("inf"))
         with self._lock:  # these steps' ends will come
             self._dispatched = self._taken
             self._first_of[self._taken] = first
@@ -258,10 +257,13 @@ class CarbonCallback(keras.callbacks.Callback):
             known = [self._counted.pop(i, (None, None)) for i in range(first, end)]
             tokens = [t for _, t in known]
             return add_step_flops(f for f, _ in known), None if None in tokens else sum(tokens)
-        sizes = self._tf_batch_sizes(end, end - first)
+        sizes = self._tf_sizes.sizes(end, end - first)
         if sizes is None:
+            self.session.warn("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown (or "
+                              "varies); carbon/flops and MFU are not reported. Pass flops= or set "
+                              "model.flops_per_batch, or use the JAX or torch backend.")
             return None, None
-        x = [_keras.zeros_for(self._tf_spec, max(size // self._replicas, 1), self._replicas) for size in sizes]
+        x = [self._tf_sizes.zeros(max(size // self._replicas, 1), self._replicas) for size in sizes]
         return add_step_flops(self._count(sample, replicas=self._replicas) for sample in x), None
 
     def _count(self, x, replicas: int = 1):
@@ -272,27 +274,3 @@ class CarbonCallback(keras.callbacks.Callback):
         return self.session.count(key, lambda: count(self._trained, x, framework="keras"),
                                   lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
                                   replicas=replicas)
-
-    def _tf_batch_sizes(self, end: int, num_steps: int) -> list[int] | None:
-        """The global batch size of each of the `num_steps` steps up to the epoch's batch `end`, on TensorFlow.
-
-        The step is a graph fed by an iterator, so the sizes come from the growth of the loss metric's sample
-        count, read after the first execution (the full batch size) and after the epoch's last one, where the
-        data may run out (a ragged final batch), or after every one when the epoch's length is unknown.
-        """
-        seen = self._tf_counts.pop(end, None)
-        full = self._tf_full_batch
-        if self._tf_shapes_known is None:
-            self._tf_shapes_known = _keras.fixed_shapes(self._tf_spec)
-        if not self._tf_shapes_known or (seen is None and full is None):
-            self.session.warn("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown (or "
-                              "varies); carbon/flops and MFU are not reported. Pass flops= or set "
-                              "model.flops_per_batch, or use the JAX or torch backend.")
-            return None
-        if seen is None:
-            self._tf_samples_seen += full * num_steps
-            return [full] * num_steps
-        samples, self._tf_samples_seen = seen - self._tf_samples_seen, seen
-        if full is None:
-            full = self._tf_full_batch = max(round(samples / num_steps), 1)
-        return [full] * (num_steps - 1) + [max(samples - full * (num_steps - 1), 1)]

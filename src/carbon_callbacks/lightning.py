@@ -249,6 +249,12 @@ def _count_step(module, batch, batch_idx):
     state of the module changes (`carbon_callbacks.flops.count_step`)."""
     from carbon_callbacks.flops import count_step
 
+    return count_step(module, muted_training_step(module), batch, batch_idx)
+
+
+def muted_training_step(module):
+    """The module's `training_step` with `self.log` and `self.log_dict` muted, for counting it."""
+
     def training_step(batch, batch_idx):
         muted = {name: module.__dict__.get(name) for name in ("log", "log_dict")}
         module.log = module.log_dict = lambda *args, **kwargs: None
@@ -261,7 +267,7 @@ def _count_step(module, batch, batch_idx):
                 else:
                     module.__dict__[name] = value
 
-    return count_step(module, training_step, batch, batch_idx)
+    return training_step
 
 
 def _build_meter(root, trainer, **options):

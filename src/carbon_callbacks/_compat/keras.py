@@ -125,6 +125,55 @@ def loss_sample_count(model) -> int | None:
     return int(keras.ops.convert_to_numpy(tracker.count))
 
 
+class TfBatchSizes:
+    """The global batch size of each step of a TensorFlow fit, whose step is a graph fed by an iterator.
+
+    The sizes come from the growth of the loss metric's sample count (`loss_sample_count`), read on the main
+    thread after the first execution (the full batch size) and after the epoch's last one, where the data may run
+    out (a ragged final batch), or after every one when the epoch's length is unknown: reading it waits for the
+    step, so it is read no more often. `zeros` gives inputs of a size, shaped by the dataset's element spec.
+    """
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._spec = None
+        self._fixed_shapes: bool | None = None
+        self._full: int | None = None
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        """Keras resets the loss metric (and its sample count) at each epoch's start."""
+        self._counts: dict[int, int] = {}  # batch index after a call -> samples seen by then
+        self._seen = 0
+
+    def after_call(self, iterator, end: int, last: bool) -> None:
+        """After a train function call whose steps end at the epoch's batch `end`; `last`: the epoch may end here."""
+        self._spec = getattr(iterator, "element_spec", None)
+        if self._full is None or last:
+            count = loss_sample_count(self._model)
+            if count is not None:
+                self._counts[end] = count
+
+    def sizes(self, end: int, num_steps: int) -> list[int] | None:
+        """The sizes of the `num_steps` steps up to batch `end`, or `None` when the shapes are unknown or vary."""
+        if self._fixed_shapes is None:
+            self._fixed_shapes = fixed_shapes(self._spec)
+        seen, full = self._counts.pop(end, None), self._full
+        if not self._fixed_shapes or (seen is None and full is None):
+            return None
+        if seen is None:
+            self._seen += full * num_steps
+            return [full] * num_steps
+        samples, self._seen = seen - self._seen, seen
+        if full is None:
+            full = self._full = max(round(samples / num_steps), 1)
+        return [full] * (num_steps - 1) + [max(samples - full * (num_steps - 1), 1)]
+
+    def zeros(self, per_replica: int, replicas: int):
+        """Zero inputs of one replica's step of `per_replica` samples."""
+        return zeros_for(self._spec, per_replica, replicas)
+
+
 def zeros_for(element_spec, per_replica: int, replicas: int):
     """Zero inputs of one replica's step of `per_replica` samples, shaped by a TensorFlow dataset's element spec."""
     import numpy as np

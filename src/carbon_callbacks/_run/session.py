@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -25,15 +24,14 @@ from typing import Any
 from carbon_callbacks._errors import check_count, check_number
 from carbon_callbacks._run.accountant import REDUCED_FIELDS, Accountant
 from carbon_callbacks._run.files import REPORT_FILE, RUN_FILE, new_run_dir
+from carbon_callbacks._run.interval import OpenInterval
 from carbon_callbacks._run.step_flops import StepFlops, StepFlopsSource
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks._warnings import strict, warn_once
-from carbon_callbacks.meters._base import Measurement
 
 log = logging.getLogger(__name__)
 
-_WINDOW = "carbon-callbacks/interval"
 #: Share of a run of known length after which the projection of its total is logged once.
 PROJECT_AFTER = 0.2
 #: The metrics every adapter logs, in this order; `carbon/flops` and `carbon/mfu` only when they can be known.
@@ -144,7 +142,7 @@ class RunSession:
         self._projection_records: list[dict] = []
         self._projection_done = True
         self._flops = StepFlopsSource(given, self.warn, lambda **facts: self._accountant.annotate(**facts))
-        self._reset_interval()
+        self._open = OpenInterval(self._chip, self.warn)
 
     # ------------------------------------------------------------------------------------------- reading
     @property
@@ -315,8 +313,7 @@ class RunSession:
                 keys.append("carbon/mfu")
         self._metrics = dict.fromkeys(keys, math.nan)  # NaN: what a logger shows as "no value yet"
         self._running = True
-        self._reset_interval()
-        self._begin_window()
+        self._open.begin(self._meter)
         if rank == 0:
             self._accountant.flush()  # run.json exists (status running) from the first step on
         log.info("carbon-callbacks: site %s, meter %s, rank %d/%d, run folder %s", self._site,
@@ -408,17 +405,10 @@ class RunSession:
         Returns:
             The fresh `metrics` when an interval closed, else `None`.
         """
-        self._steps += num_steps
-        if flops is not None:
-            self._model_flops = _plus(self._model_flops, flops.model_flops)
-            self._hardware_flops = _plus(self._hardware_flops, flops.hardware_flops)
-            self._positions = _plus(self._positions, flops.tokens)
-            if flops.model_flops is not None and "carbon/flops" in self._metrics:
-                self._metrics["carbon/flops"] = flops.model_flops / num_steps
-        if real_tokens is not None:
-            self._real_tokens.append(real_tokens)
-        self._loss, self._step, self._outputs = loss, step, outputs
-        if not (self._steps >= self._interval if close is None else close):
+        self._open.add(flops, real_tokens, loss, step, outputs, num_steps)
+        if flops is not None and flops.model_flops is not None and "carbon/flops" in self._metrics:
+            self._metrics["carbon/flops"] = flops.model_flops / num_steps
+        if not (self._open.steps >= self._interval if close is None else close):
             return None
         return self.close_interval(epoch=epoch)
 
@@ -428,13 +418,13 @@ class RunSession:
         Returns:
             The fresh `metrics`, or `None` when no step was pending.
         """
-        if self._steps == 0 or self._accountant is None or not self._running:
+        if self._open.steps == 0 or self._accountant is None or not self._running:
             return None
-        self._measure()
+        self._open.measure(self._device_sync)
         try:
-            record = self._accountant.update(**self._observation(), epoch=epoch)
+            record = self._accountant.update(**self._open.observation(), epoch=epoch)
         finally:
-            self._reset_interval()
+            self._open.reset()
         if self._world_size > 1 and self._reduce_sum is not None:
             self._sync(self._reduce_sum)
         self._refresh_metrics()
@@ -458,9 +448,9 @@ class RunSession:
             return None
         accountant = self._accountant
         try:
-            if self._steps:
-                self._measure()
-                accountant.update(**self._observation())
+            if self._open.steps:
+                self._open.measure(self._device_sync)
+                accountant.update(**self._open.observation())
             if self._world_size > 1:
                 if status == "finished" and self._reduce_sum is not None:
                     self._sync(self._reduce_sum)
@@ -475,7 +465,7 @@ class RunSession:
             self.hook_failed("closing the last interval", err)
         finally:
             self._running = False
-            self._reset_interval()
+            self._open.reset()
             self._finished = accountant.close(status)
             self._final_state = self._with_global_shares(accountant.state_dict())
             self._refresh_metrics()
@@ -594,94 +584,9 @@ class RunSession:
             )
 
     # ------------------------------------------------------------------------------------------- the interval
-    def _reset_interval(self) -> None:
-        self._steps = 0
-        self._model_flops: float | None = None
-        self._hardware_flops: float | None = None
-        self._positions: float | None = None
-        self._real_tokens: list[Any] = []
-        self._loss: Any = None
-        self._step: int | None = None
-        self._outputs: Any = None
-        self._measured: Measurement | None = None  # the open interval's energy read so far (by a `summary`)
-
-    def _observation(self) -> dict:
-        """The open interval as `Accountant.update` arguments (after `_measure`)."""
-        measured = self._measured
-        tokens, padding = self._positions, None
-        if self._real_tokens and tokens is not None:
-            real = float(sum(float(t) for t in self._real_tokens))
-            tokens, padding = real, max(tokens - real, 0.0)
-        try:
-            loss = None if self._loss is None else float(self._loss)
-        except (TypeError, ValueError):
-            loss = None
-        return dict(
-            seconds=measured.seconds,
-            energy_j=measured.energy_j,
-            energy_method=measured.methods,
-            model_flops=self._model_flops,
-            hardware_flops=self._hardware_flops,
-            tokens=tokens,
-            padding_tokens=padding,
-            loss=loss,
-            step=self._step,
-            num_steps=self._steps,
-        )
-
     def _with_pending(self) -> Accountant:
         """The accountant with the open interval's steps added, as a copy (the run itself is not changed)."""
-        if not self._running or self._steps == 0:
+        if not self._running or self._open.steps == 0:
             return self._accountant
-        self._measure()
-        return self._accountant.preview(**self._observation())
-
-    def _measure(self) -> None:
-        """Adds the energy since the last reading to the open interval (device sync first), and reads on."""
-        if self._device_sync is not None:
-            self._device_sync(self._outputs)
-        measurement = self._end_window()
-        self._measured = measurement if self._measured is None else self._measured + measurement
-        self._begin_window()
-
-    def _begin_window(self) -> None:
-        self._window_start = time.perf_counter()
-        self._window_open = False
-        try:
-            self._meter.begin_window(_WINDOW)
-            self._window_open = True
-        except Exception as err:
-            self._warn_meter_failure(err)
-
-    def _end_window(self) -> Measurement:
-        seconds = time.perf_counter() - self._window_start
-        if self._window_open:
-            self._window_open = False
-            try:
-                return self._meter.end_window(_WINDOW)
-            except Exception as err:
-                self._warn_meter_failure(err)
-        return self._fallback_measurement(seconds)
-
-    def _fallback_measurement(self, seconds: float) -> Measurement:
-        """A labelled TDP x time estimate for a window whose meter failed."""
-        chip = self._chip or get_chip("cpu")
-        watts = chip.tdp_w or 0.0
-        component = {"gpu": "gpu", "tpu": "tpu"}.get(chip.kind, "cpu")
-        return Measurement(
-            seconds=seconds,
-            energy_j={component: watts * seconds},
-            methods={component: f"modeled:tdp-fallback({chip.name})"},
-        )
-
-    def _warn_meter_failure(self, err: Exception) -> None:
-        self.warn("meter", f"carbon-callbacks: the energy meter failed ({type(err).__name__}: {err}); windows it "
-                  "cannot measure are estimated from the chip's TDP and labelled 'modeled:tdp-fallback'. Training "
-                  "continues.")
-
-
-def _plus(total: float | None, value: float | None) -> float | None:
-    """`total + value`, where `None` is "not known" (never 0)."""
-    if value is None:
-        return total
-    return (total or 0.0) + value
+        self._open.measure(self._device_sync)
+        return self._accountant.preview(**self._open.observation())

@@ -85,7 +85,8 @@ def _loader(data: bytes, config, steps: int):
 
 def train(name: str, config, data: bytes, out: Path, *, region: str, pue: float | None, steps: int,
           twin=None) -> dict:
-    """Trains one model with the Lightning callback; returns its summary (`run.json`)."""
+    """Trains one model with the Lightning callback; returns its summary (`run.json`) and its run folder (a new
+    subfolder when an earlier demo's run is there)."""
     import pytorch_lightning as pl
     import torch
 
@@ -110,9 +111,9 @@ def train(name: str, config, data: bytes, out: Path, *, region: str, pue: float 
     print(f"\n=== {name}: {flops.params_total:,} parameters, {flops.percent_active:.1f}% activated per token, "
           f"{steps} steps of {config.batch_size} x {config.seq_len} bytes ===", flush=True)
     trainer.fit(_module(config, LEARNING_RATE), _loader(data, config, steps))
-    if callback.summary is None:
+    if callback.summary is None or callback.session.run_dir is None:
         raise RuntimeError(f"the {name} run produced no summary (see the warnings above).")
-    return callback.summary
+    return callback.summary, callback.session.run_dir
 
 
 def _per_step_gflops(summary: dict, kind: str) -> float | None:
@@ -169,12 +170,14 @@ def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: f
     print("  energy:         metered on this machine; each figure says how (measured or modeled)")
     configs = _configs()
     started = time.perf_counter()
-    summaries = {
+    runs = {
         "dense": train("dense", configs["dense"], data, out, region=region, pue=pue, steps=steps,
                        twin=configs["switch"]),
         "switch": train("switch", configs["switch"], data, out, region=region, pue=pue, steps=steps),
     }
-    records = {name: read_run(out / name)[1] for name in summaries}
+    summaries = {name: summary for name, (summary, _) in runs.items()}
+    folders = {name: folder for name, (_, folder) in runs.items()}
+    records = {name: read_run(folder)[1] for name, folder in folders.items()}
     print(f"\n=== dense vs sparse ({time.perf_counter() - started:.0f} s of training in all) ===")
     dense = configs["dense"]
     print(_comparison(summaries, records, steps * dense.batch_size * dense.seq_len))
@@ -187,8 +190,8 @@ def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: f
         measured = summaries["switch"]["energy_kwh"] / summaries["dense"]["energy_kwh"]
         print(f"\nthe Switch twin, estimated from FLOPs before training it: energy x{twin.factor:.3g} of the dense "
               f"run; measured: x{measured:.3g}")
-    plot = plot_runs([out / "dense", out / "switch"], out / "demo.png", labels=["dense", "switch"],
+    plot = plot_runs([folders["dense"], folders["switch"]], out / "demo.png", labels=["dense", "switch"],
                      scenarios=scenarios, title="dense vs Switch: loss against carbon")
-    print(f"\nrun directories: {out / 'dense'}, {out / 'switch'}  (carbon-callbacks report DIR [--markdown])")
+    print(f"\nrun directories: {folders['dense']}, {folders['switch']}  (carbon-callbacks report DIR [--markdown])")
     print(f"plot: {plot}")
     return 0

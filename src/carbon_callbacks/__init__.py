@@ -5,8 +5,6 @@ The core imports only the standard library; framework adapters live in `carbon_c
 pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those functions are called.
 """
 
-import importlib.metadata as _metadata
-
 from carbon_callbacks._errors import CarbonCallbacksError
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._errors import UnknownNameError
@@ -43,6 +41,7 @@ from carbon_callbacks._site.tables import Region
 from carbon_callbacks._site.tables import get_chip
 from carbon_callbacks._site.tables import get_pue
 from carbon_callbacks._site.tables import get_region
+from carbon_callbacks._version import __version__
 from carbon_callbacks.flops import MOE_IMPLEMENTATIONS
 from carbon_callbacks.flops import FlopCount
 from carbon_callbacks.flops import TransformerConfig
@@ -57,10 +56,6 @@ from carbon_callbacks.meters import MeterBase
 from carbon_callbacks.meters import ReplayMeter
 from carbon_callbacks.meters import create_meter
 
-try:  # pyproject.toml is the one source of the version; a source tree that was never installed has none.
-    __version__ = _metadata.version("carbon-callbacks")
-except _metadata.PackageNotFoundError:
-    __version__ = "0+unknown"
 
 __all__ = [
     "Accountant",

@@ -6,7 +6,6 @@ traceback (exit code 2) and an adapter can refuse a bad argument at construction
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 
@@ -28,6 +27,8 @@ class UnknownNameError(CarbonCallbacksError, KeyError):
 
 def unknown_name(field: str, value: str, known: Iterable[str], hint: str = "") -> UnknownNameError:
     """Builds the error for a name missing from a table, listing the closest known names."""
+    import difflib  # here, on the error path: at module level it costs milliseconds of every import
+
     known = sorted(known)
     closest = difflib.get_close_matches(str(value).lower(), [k.lower() for k in known], n=5, cutoff=0.4)
     by_lower = {k.lower(): k for k in known}

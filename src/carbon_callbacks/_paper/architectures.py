@@ -17,11 +17,14 @@ import csv
 import dataclasses
 import functools
 from dataclasses import asdict, dataclass
-from importlib import resources
+from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number, unknown_name
 from carbon_callbacks._site.tables import normalize_name
 from carbon_callbacks.flops.analytic import TransformerConfig, transformer_flops
+
+#: The bundled tables (a plain path: `importlib.resources` costs milliseconds of every import).
+_DATA = Path(__file__).resolve().parents[1] / "data"
 
 _INT_FIELDS = (
     "num_layers", "num_decoder_layers", "d_model", "num_heads", "head_dim", "d_ff", "vocab_size", "seq_len",
@@ -110,7 +113,7 @@ def _parse(row: dict[str, str]) -> PaperModel:
 
 @functools.cache
 def _models() -> tuple[dict[str, PaperModel], dict[str, PaperModel]]:
-    text = resources.files("carbon_callbacks").joinpath("data", "paper_models.csv").read_text(encoding="utf-8")
+    text = _DATA.joinpath("paper_models.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(text.splitlines()))
     models, index = {}, {}
     for row in rows:

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import csv
 from dataclasses import asdict, dataclass
-from importlib import resources
+from pathlib import Path
 
 from carbon_callbacks._paper.architectures import architecture_flops, paper_models
 from carbon_callbacks._paper.estimate import energy_kwh, estimate
+
+#: The bundled tables (a plain path: `importlib.resources` costs milliseconds of every import).
+_DATA = Path(__file__).resolve().parents[1] / "data"
 
 PAPER = "Patterson et al. 2021, Carbon Emissions and Large Neural Network Training, Table 4 (arXiv:2104.10350)"
 
@@ -51,7 +54,7 @@ class PaperRow:
 
 def table4_inputs() -> list[dict[str, str]]:
     """The bundled copy of Table 4, one dict of strings per model."""
-    text = resources.files("carbon_callbacks").joinpath("data", "patterson2021_table4.csv").read_text("utf-8")
+    text = _DATA.joinpath("patterson2021_table4.csv").read_text("utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 

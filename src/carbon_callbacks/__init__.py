@@ -41,7 +41,7 @@ from carbon_callbacks._site.tables import Region
 from carbon_callbacks._site.tables import get_chip
 from carbon_callbacks._site.tables import get_pue
 from carbon_callbacks._site.tables import get_region
-from carbon_callbacks._version import __version__
+from carbon_callbacks._version import __version__  # noqa: F401 - the package version
 from carbon_callbacks.flops import MOE_IMPLEMENTATIONS
 from carbon_callbacks.flops import FlopCount
 from carbon_callbacks.flops import TransformerConfig

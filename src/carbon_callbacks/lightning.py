@@ -19,6 +19,8 @@ from carbon_callbacks.flops import trainable_fraction
 _NAMESPACES = _lightning.installed_namespaces()
 import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
 
+from carbon_callbacks._compat import torch as _torch  # noqa: E402, F401  (refuses a torch older than it needs)
+
 __all__ = ["CarbonCallback"]
 
 #: Subfolder of the Trainer's log directory (or root directory) that holds the run folders.

@@ -210,10 +210,10 @@ def conv_geometry(eqn) -> ConvGeometry | None:
         dims = params["dimension_numbers"]
         n = len(dims.lhs_spec) - 2
         ones = (1,) * n
+        ints = lambda values: tuple(int(v) for v in values)  # noqa: E731 - jax 0.4 gives NumPy integers
         return ConvGeometry(
-            tuple(dims.lhs_spec), tuple(dims.rhs_spec), tuple(dims.out_spec),
-            tuple(params["window_strides"] or ones), tuple(params["lhs_dilation"] or ones),
-            tuple(params["rhs_dilation"] or ones),
+            ints(dims.lhs_spec), ints(dims.rhs_spec), ints(dims.out_spec), ints(params["window_strides"] or ones),
+            ints(params["lhs_dilation"] or ones), ints(params["rhs_dilation"] or ones),
         )
     except (KeyError, AttributeError):
         _missing("the parameters of `conv_general_dilated` (dimension_numbers, strides, dilations)",

@@ -17,6 +17,14 @@ from carbon_callbacks._compat import missing
 
 #: The torch releases every function below was checked on.
 CHECKED = "torch 2.13.0"
+#: The oldest torch whose `FlopCounterMode` has the module tracker and `_count_flops` the counters build on (2.4).
+MIN_TORCH = (2, 4)
+
+if tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) < MIN_TORCH:
+    raise ImportError(
+        f"carbon-callbacks needs torch 2.4 or newer to count FLOPs (its counters build on FlopCounterMode's module "
+        f"tracker, new in 2.4); found torch {torch.__version__}: pip install 'torch>=2.4'"
+    )
 
 _graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
 

@@ -98,6 +98,11 @@ def _conv(eqn, producers, backward) -> int | None:
 _FORMULAS = {"dot_general": _dot_general, "conv_general_dilated": _conv}
 
 
+#: A name scope around the traced function: under it every backward equation's name stack reads `transpose(...)`,
+#: also on JAX releases (0.4.30) that leave the stack of code outside any scope empty; dropped from module paths.
+_SCOPE = "carbon_callbacks_count"
+
+
 class _Walker:
     def __init__(self) -> None:
         self.own: dict[str, int] = defaultdict(int)
@@ -117,7 +122,7 @@ class _Walker:
                 self.named, stack = False, ""
             backward = outer_backward or compat.is_backward(stack)
             self.backward = self.backward or backward
-            path = "/".join(p for p in (prefix, compat.module_path(stack)) if p)
+            path = "/".join(p for p in (prefix, *compat.module_path(stack).split("/")) if p and p != _SCOPE)
             name = eqn.primitive.name
             formula = _FORMULAS.get(name)
             if formula is not None:
@@ -192,7 +197,11 @@ class Placement(NamedTuple):
 
 def count_placed(fn, *args, **kwargs) -> tuple[FlopCount, Placement]:
     """`count`, and where the step runs (`Placement`): the devices whose chips its FLOPs are spread over."""
-    jaxpr = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
+    def scoped(*a):
+        with jax.named_scope(_SCOPE):  # under a scope, backward equations read `transpose(...)` on jax 0.4 too
+            return fn(*a, **kwargs)
+
+    jaxpr = jax.make_jaxpr(scoped)(*args)
     walker = count_jaxpr(jaxpr)
     devices = set(walker.devices)
     for leaf in jax.tree_util.tree_leaves((args, kwargs)):

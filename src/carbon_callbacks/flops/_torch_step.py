@@ -35,7 +35,7 @@ from carbon_callbacks._compat import InternalApiMissing
 from carbon_callbacks._compat import torch as torch_compat
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks.flops._result import FakeCountError, FlopCount, breakdown_from_leaves
-from carbon_callbacks.flops._torch import _Counter, own_flops
+from carbon_callbacks.flops._torch import Counter, _StockCounter, new_counter
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def sharded(module: torch.nn.Module) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- the two counts
-def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str]]:
+def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
     mode = torch_compat.fake_tensor_mode()
     if mode is None:
         raise RuntimeError("torch has no FakeTensorMode")
@@ -203,16 +203,16 @@ def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str
     if swap is None:
         raise RuntimeError("torch cannot swap a module's parameters")
     fake_inputs = _map_tensors(inputs, mode.from_tensor)
-    counter = _Counter()
+    counter = new_counter(root)
     with swap, mode, counter:
         notes = _forward_backward(step, fake_inputs)
     return counter, notes
 
 
-def _real_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str]]:
+def _real_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
     """The step for real under the counter, its backward through `autograd.grad`: no `.grad` is written."""
     buffers = {name: b.detach().clone() for name, b in root.named_buffers()}
-    counter = _Counter()
+    counter = new_counter(root)
     try:
         with counter:
             notes = _forward_backward(step, inputs, real_leaves=[p for p in root.parameters() if p.requires_grad])
@@ -343,9 +343,9 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
-def _result(counter: _Counter, method: str, notes: list[str]) -> FlopCount:
-    total = int(counter.get_total_flops())
-    own = own_flops(counter.get_flop_counts())
+def _result(counter: Counter | _StockCounter, method: str, notes: list[str]) -> FlopCount:
+    total = int(counter.total)
+    own = counter.own_flops()
     return FlopCount(
         total=total,
         executed=total,

@@ -1,4 +1,4 @@
-"""Counting one torch training step without running it: fake tensors under `FlopCounterMode`.
+"""Counting one torch training step without running it: fake tensors under the library's FLOP counter.
 
 `count_step(module, step, *inputs)` counts `step(*inputs)` and the backward of the loss it returns with the
 module's parameters and buffers swapped for fake tensors (`FakeTensorMode`: shapes, dtypes and devices, no
@@ -17,6 +17,9 @@ Compiled modules are counted uncompiled: `torch.compile`d submodules are swapped
 any other compiled function runs eagerly (`torch.compiler.set_stance("force_eager")`) while counting, so Dynamo
 never sees the counter's dispatch mode or module hooks, and the graphs it compiled are used by the next real
 step as before.
+
+The counter (`flops._torch.Counter`) counts what `FlopCounterMode` counts with the same formulas, for less Python
+per op; most of a count's time is now the fake tensors' own (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ METHOD_FAKE = "traced:torch-flop-counter(fake tensors)"
 METHOD_REAL = "traced:torch-flop-counter(real step; fake tensors failed: {reason})"
 #: What `fallback` may be.
 FALLBACKS = ("real", None)
-#: The warning torch gives when a compiled module is called while module hooks are set globally (the counter's).
+#: The warning torch gives when a compiled module is called while module hooks are set globally (as
+#: `FlopCounterMode`, the fallback counter, sets them).
 _GLOBAL_HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
 
 
@@ -97,7 +101,9 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
     - other outputs: the sum of their floating-point tensors that require a gradient;
     - `None` (a Lightning step that skips the batch): nothing; the forward alone is counted.
     Frozen parameters (`requires_grad=False`) get no weight gradient, exactly as in the real step. The counter
-    is `torch.utils.flop_counter.FlopCounterMode` with this library's formulas for the ops it misses.
+    applies the formulas of `torch.utils.flop_counter` and this library's for the ops it misses, and counts what
+    `FlopCounterMode` counts with them; `breakdown` puts each op in the layer kind of the module that runs it (a
+    backward op: of the module whose forward it differentiates).
 
     `step` runs in the caller's autocast and grad-mode context, with grad mode on; FLOPs do not depend on the
     dtype, so a bf16 step counts as its fp32 twin. It must not call `backward` itself.
@@ -278,14 +284,15 @@ def _no_lasting_effect(module: torch.nn.Module):
     """Counts the uncompiled module, with the RNG state and the Python state of every submodule kept.
 
     Yields the module to count and its `_ModuleState`, restored on exit (and by the caller between two tries).
-    The counter's module hooks are gone on exit too (`FlopCounterMode` removes them itself).
+    The counter's module hooks are gone on exit too (it removes them itself).
     """
     with torch_compat.uncompiled_submodules(module) as root:
         state = _ModuleState(root)
         devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
         try:
             with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-                # A compiled module the step calls through a reference of its own still sees the counter's hooks.
+                # A compiled module the step calls through a reference of its own sees the global hooks of
+                # FlopCounterMode where it counts (no TorchDispatchMode, a higher-order operator).
                 warnings.filterwarnings("ignore", message=_GLOBAL_HOOKS_WARNING)
                 yield root, state
         finally:

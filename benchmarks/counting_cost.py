@@ -122,9 +122,11 @@ def fake_floor(model, step, batch):
         step(fake_batch).backward()
 
 
-def child(args) -> None:
+def _setup(args):
+    """The model, its training step and the counts of each configuration, as `child` and `interleaved` use them."""
     import torch
 
+    from carbon_callbacks.flops import count
     from carbon_callbacks.flops._torch_step import count_step
 
     torch.manual_seed(0)
@@ -140,7 +142,12 @@ def child(args) -> None:
         with autocast():
             return model(**b).loss
 
-    from carbon_callbacks.flops import count
+    def train_step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step(batch).backward()
+        optimizer.step()
+        return time.perf_counter() - start
 
     def with_stock(fn):
         def run():
@@ -154,19 +161,25 @@ def child(args) -> None:
                 "module": lambda: count(model, **batch),
                 "module-stock": with_stock(lambda: count(model, **batch)),
                 "fallback": lambda: fallback(model, step, batch)}
+    return model, train_step, counters
+
+
+def _timed(run):
+    start, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - start, time.process_time() - cpu
+
+
+def child(args) -> None:
+    model, train_step, counters = _setup(args)
     step_times, count_times, count_cpu, flops, method = [], [], [], None, None
     for i in range(args.steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        step(batch).backward()
-        optimizer.step()
-        step_times.append(time.perf_counter() - start)
+        step_times.append(train_step())
         if i == 0 and args.config != "bare":  # at the first batch end, with the step's gradients still held
             for _ in range(2 if args.config in TWICE else 1):
-                start, cpu = time.perf_counter(), time.process_time()
-                result = counters[args.config]()
-                count_times.append(time.perf_counter() - start)
-                count_cpu.append(time.process_time() - cpu)
+                result, wall, cpu = _timed(counters[args.config])
+                count_times.append(wall)
+                count_cpu.append(cpu)
             flops, method = (result.total, result.method) if result is not None else (None, None)
     print(json.dumps({
         "config": args.config, "precision": args.precision,
@@ -177,6 +190,31 @@ def child(args) -> None:
     }))
 
 
+def interleaved(args) -> None:
+    """`--interleave N`: after one training step, N rounds of the counts of `--configs` in one process, the order
+    rotating each round, no more training. Prints each count's first run in the process (round 1) and the medians
+    of rounds 2 to N, wall and CPU time (of this process: other processes' load does not count), with the load
+    average, and the ratios of the CPU medians to `fake-floor`'s (fake tensors with no counter)."""
+    model, train_step, counters = _setup(args)
+    configs = [c for c in args.configs.split(",") if c in counters]
+    print(f"one training step: {train_step() * 1000:.0f} ms; load {os.getloadavg()[0]:.1f}", flush=True)
+    times: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
+    for r in range(args.interleave):
+        for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+            result, wall, cpu = _timed(counters[config])
+            times[config].append((wall, cpu))
+            print(json.dumps({"round": r + 1, "config": config, "wall_s": wall, "cpu_s": cpu,
+                              "flops": getattr(result, "total", None), "load": os.getloadavg()[0]}), flush=True)
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    floor = statistics.median(t[1] for t in times["fake-floor"][1:]) if "fake-floor" in times else None
+    print("config | 1st ms (wall, CPU) | median of rounds 2-N ms (wall, CPU) | min CPU ms | CPU median / fake-floor")
+    for config, runs in times.items():
+        wall, cpu = statistics.median(t[0] for t in runs[1:]), statistics.median(t[1] for t in runs[1:])
+        ratio = f"{cpu / floor:.2f}" if floor else "-"
+        print(f"{config} | {runs[0][0] * 1000:.0f}, {runs[0][1] * 1000:.0f} | {wall * 1000:.0f}, {cpu * 1000:.0f} | "
+              f"{min(t[1] for t in runs[1:]) * 1000:.0f} | {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("gpt2", "llama"), default="gpt2")
@@ -185,11 +223,17 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--interleave", type=int, default=0,
+                        help="N rounds of the counts alone, in one process (see `interleaved`)")
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.config:
         child(args)
+        return
+    if args.interleave:
+        args.precision = args.precisions.split(",")[0]
+        interleaved(args)
         return
     import platform
 

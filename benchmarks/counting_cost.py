@@ -3,6 +3,8 @@
 Run: `python benchmarks/counting_cost.py` (Hugging Face GPT-2 small, 124M parameters, built from its config with
 no download; fp32 weights, SGD, batch 2 x 128 tokens; about ten minutes on 2 CPU cores). `--model llama` uses a
 220M-parameter Llama built from a config instead; `--steps`, `--batch`, `--seq` change the workload.
+`--interleave N` times the counts alone instead, N rounds in one process (see `interleaved`): the way to compare
+counters on a machine whose load moves.
 
 Each configuration trains `--steps` steps in its own subprocess (so that `ru_maxrss`, the peak resident memory of
 the process, belongs to that configuration alone), in fp32 and under bf16 autocast:

@@ -646,6 +646,17 @@ def test_without_the_autograd_node_backward_flops_are_not_attributed(monkeypatch
     assert result.total == expected.total
     assert result.breakdown["other"] * 3 == 2 * result.total  # every op's backward is 2 x its forward here
     assert result.breakdown["attention"] * 3 == expected.breakdown["attention"]
+    monkeypatch.setenv("CARBON_CALLBACKS_STRICT", "1")
+    with pytest.raises(_compat.InternalApiMissing, match="_current_autograd_node"):
+        count_step(model, hf_step(model), hf_batch())
+
+
+def test_the_torch_internals_of_the_counter_are_there():
+    assert torch_compat.dispatch_mode_base() is not None
+    assert torch_compat.current_autograd_node() is None  # outside a backward pass
+    assert torch_compat.may_decompose(torch.ops.aten.linear.default)  # a composite op
+    assert not torch_compat.may_decompose(torch.ops.aten.mm.default)
+    assert isinstance(_torch.new_counter(), _torch.Counter)
 
 
 def test_without_dispatch_kernel_lookup_every_op_is_offered_a_decomposition(monkeypatch, lenient):

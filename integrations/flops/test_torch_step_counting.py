@@ -10,6 +10,7 @@ the warnings, the global module hooks and the compiled graphs as they were.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -22,7 +23,14 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from carbon_callbacks import _compat  # noqa: E402
 from carbon_callbacks._compat import torch as torch_compat  # noqa: E402
-from carbon_callbacks.flops import FakeCountError, count_step, trainable_fraction  # noqa: E402
+from carbon_callbacks.flops import (  # noqa: E402
+    FakeCountError,
+    TransformerConfig,
+    _torch,
+    count_step,
+    trainable_fraction,
+    transformer_flops,
+)
 from carbon_callbacks.flops._torch import formulas  # noqa: E402
 from carbon_callbacks.flops._torch_step import METHOD_FAKE  # noqa: E402
 
@@ -119,11 +127,13 @@ def real_flops(step, *inputs) -> int:
 
 
 def state(module) -> dict:
-    """Copies of everything a count must not change: parameters, gradients, buffers and the RNG state."""
+    """Copies of everything a count must not change: parameters, gradients, buffers, module hooks and the RNG
+    state."""
     return {
         "params": {n: (p, p.detach().clone()) for n, p in module.named_parameters()},
         "grads": {n: None if p.grad is None else (p.grad, p.grad.clone()) for n, p in module.named_parameters()},
         "buffers": {n: (b, b.clone()) for n, b in module.named_buffers()},
+        "hooks": {n: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for n, m in module.named_modules()},
         "rng": torch.get_rng_state(),
     }
 
@@ -142,6 +152,7 @@ def assert_untouched(module, before: dict) -> None:
             assert current is grad[0] and torch.equal(current, grad[1]), name
     for name, (b, value) in before["buffers"].items():
         assert after["buffers"][name][0] is b and torch.equal(b, value), name
+    assert after["hooks"] == before["hooks"]
     assert torch.equal(after["rng"], before["rng"])
     for sub in module.modules():
         assert not any(torch_compat.is_fake(v) for v in vars(sub).values()), type(sub)
@@ -195,6 +206,31 @@ def test_fake_count_equals_the_real_step(name):
     reference = real_flops(make_step(copy.deepcopy(model)), *inputs)
     assert abs(result.total / reference - 1) < 0.01
     assert result.total == reference  # exact here
+    assert sum(result.breakdown.values()) == result.total and min(result.breakdown.values()) >= 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_breakdown_by_layer_kind_equals_the_analytic_count(name):
+    """Each op lands in the module that runs it, backward ops in the module whose forward made their autograd node:
+    the split by layer kind is the analytic one of the Hugging Face config, kind by kind."""
+    model = CASES[name][0]()
+    result = count_step(model, hf_step(model), hf_batch())
+    analytic = transformer_flops(dataclasses.replace(TransformerConfig.from_hf(model.config), batch_size=BATCH,
+                                                     seq_len=SEQ))
+    assert result.total == analytic.hardware_flops
+    assert {kind: result.breakdown[kind] for kind in analytic.hardware_breakdown} == analytic.hardware_breakdown
+    assert result.breakdown["other"] == 0
+
+
+def test_checkpointing_counts_the_recomputed_forward_in_its_layers():
+    """Activation checkpointing reruns each block's forward in the backward pass: attention and FFN cost 4 x their
+    forward instead of 3 x; the logits layer, outside the checkpointed blocks, is unchanged."""
+    plain, checkpointed = ({}, {})
+    for model, breakdown in ((gpt2(), plain), (checkpointed_gpt2(), checkpointed)):
+        breakdown.update(count_step(model, hf_step(model), hf_batch()).breakdown)
+    assert checkpointed["attention"] * 3 == plain["attention"] * 4
+    assert checkpointed["dense_ffn"] * 3 == plain["dense_ffn"] * 4
+    assert checkpointed["embeddings_logits"] == plain["embeddings_logits"] > 0
 
 
 class CountAtBatchEnd(pl.Callback):
@@ -587,3 +623,64 @@ def test_without_the_graph_task_id_the_total_is_unchanged(monkeypatch, lenient):
     monkeypatch.setattr(torch_compat, "_graph_task_id", None)
     with pytest.warns(_compat.InternalApiWarning, match="_current_graph_task_id"):
         assert count_step(model, hf_step(model), batch).total == expected
+
+
+def test_without_the_autograd_node_backward_flops_are_not_attributed(monkeypatch, lenient):
+    """Where `_current_autograd_node` is gone the backward pass is counted but goes to `other`."""
+    model = gpt2()
+    expected = count_step(model, hf_step(model), hf_batch())
+    monkeypatch.setattr(torch_compat, "_autograd_node", None)
+    with pytest.warns(_compat.InternalApiWarning, match="_current_autograd_node"):
+        result = count_step(model, hf_step(model), hf_batch())
+    assert result.total == expected.total
+    assert result.breakdown["other"] * 3 == 2 * result.total  # every op's backward is 2 x its forward here
+    assert result.breakdown["attention"] * 3 == expected.breakdown["attention"]
+    monkeypatch.setenv("CARBON_CALLBACKS_STRICT", "1")
+    with pytest.raises(_compat.InternalApiMissing, match="_current_autograd_node"):
+        count_step(model, hf_step(model), hf_batch())
+
+
+def test_the_torch_internals_of_the_counter_are_there():
+    assert torch_compat.dispatch_mode_base() is not None
+    assert torch_compat.current_autograd_node() is None  # outside a backward pass
+    assert torch_compat.may_decompose(torch.ops.aten.linear.default)  # a composite op
+    assert not torch_compat.may_decompose(torch.ops.aten.mm.default)
+    assert isinstance(_torch.new_counter(), _torch.Counter)
+
+
+def test_without_dispatch_kernel_lookup_every_op_is_offered_a_decomposition(monkeypatch, lenient):
+    model = llama()
+    expected = count_step(model, hf_step(model), hf_batch())
+    monkeypatch.setattr(torch_compat, "_has_kernel", None)
+    with pytest.warns(_compat.InternalApiWarning, match="_dispatch_has_kernel_for_dispatch_key"):
+        result = count_step(model, hf_step(model), hf_batch())
+    assert result == expected
+
+
+def test_dispatch_mode_base_missing_warns():
+    import sys
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CARBON_CALLBACKS_STRICT", raising=False)
+        patch.setattr("carbon_callbacks._warnings._SHOWN_IN_PROCESS", set())
+        patch.setitem(sys.modules, "torch.utils._python_dispatch", None)  # `from ... import` raises ImportError
+        with pytest.warns(_compat.InternalApiWarning, match="TorchDispatchMode"):
+            assert torch_compat.dispatch_mode_base() is None
+
+
+def test_without_torch_dispatch_mode_flop_counter_mode_counts(monkeypatch, lenient):
+    """Where the lean mode cannot be built, `FlopCounterMode` itself counts: the same totals."""
+    model = llama()
+    expected = count_step(model, hf_step(model), hf_batch())
+    monkeypatch.setattr(torch_compat, "dispatch_mode_base", lambda: None)
+    _torch._mode_class.cache_clear()
+    try:
+        assert isinstance(_torch.new_counter(), _torch._StockCounter)
+        result = count_step(model, hf_step(model), hf_batch())
+        module_count = _torch.count(model, hf_batch()["input_ids"])
+    finally:
+        monkeypatch.undo()
+        _torch._mode_class.cache_clear()
+    assert result.total == expected.total and result.method == expected.method
+    assert module_count.total == _torch.count(model, hf_batch()["input_ids"]).total
+    assert_no_global_state()

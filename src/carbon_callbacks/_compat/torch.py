@@ -44,6 +44,63 @@ def current_graph_task_id() -> int:
     return _graph_task_id()
 
 
+_autograd_node = getattr(torch._C, "_current_autograd_node", None)
+
+
+def current_autograd_node():
+    """The autograd node whose backward runs on this thread now; `None` outside a backward pass.
+
+    Reads `torch._C._current_autograd_node` (checked on torch 2.13.0). The node is the object `tensor.grad_fn`
+    gave for the output of the forward op that created it.
+
+    Fallback when missing: `None`, so the FLOPs of the backward pass are not attributed to the modules whose
+    forward they differentiate (the total is unchanged; they land in `FlopCount.breakdown["other"]`).
+    """
+    if _autograd_node is None:
+        missing("torch", "torch._C._current_autograd_node", CHECKED,
+                "backward FLOPs are counted but not attributed to modules (FlopCount.breakdown puts them in 'other').")
+        return None
+    return _autograd_node()
+
+
+def dispatch_mode_base():
+    """`torch.utils._python_dispatch.TorchDispatchMode`, the base class of a Python dispatch mode, or `None`.
+
+    Checked on torch 2.13.0.
+
+    Fallback when missing: `None`; FLOPs are then counted with `torch.utils.flop_counter.FlopCounterMode` itself
+    (the same totals, more Python time per op, and the per-module attribution of its `ModuleTracker`).
+    """
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+    except ImportError:
+        missing("torch", "torch.utils._python_dispatch.TorchDispatchMode", CHECKED,
+                "FLOPs are counted with FlopCounterMode itself (same totals, slower).")
+        return None
+    return TorchDispatchMode
+
+
+_has_kernel = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
+_composite_implicit = getattr(getattr(torch._C, "DispatchKey", None), "CompositeImplicitAutograd", None)
+
+
+def may_decompose(op) -> bool:
+    """Whether the op overload `op` has a CompositeImplicitAutograd kernel (C++ or Python), so that
+    `op.decompose(...)` may run it as other ops, as `FlopCounterMode` tries for every op it has no formula for.
+
+    Reads `torch._C._dispatch_has_kernel_for_dispatch_key`, `torch._C.DispatchKey.CompositeImplicitAutograd` and
+    `OpOverload.py_kernels` (checked on torch 2.13.0).
+
+    Fallback when missing: `True`: every op is offered to `op.decompose`, as `FlopCounterMode` does (the same
+    counts, more Python time per op).
+    """
+    if _has_kernel is None or _composite_implicit is None:
+        missing("torch", "torch._C._dispatch_has_kernel_for_dispatch_key", CHECKED,
+                "every op is offered to op.decompose before it is counted (same counts, slower).")
+        return True
+    return _composite_implicit in getattr(op, "py_kernels", ()) or bool(_has_kernel(op.name(), _composite_implicit))
+
+
 def fake_tensor_mode():
     """A new `FakeTensorMode` that turns the real tensors it meets into fake ones, or `None`.
 

@@ -104,9 +104,10 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
     Pass a whole training step (forward, loss, gradients) to count it as it runs; pass a model (a
     `torch.nn.Module` or `keras.Model`) or a forward function to count a step from its forward. The framework is
     chosen from `fn` and its arguments:
-    - torch: `torch.utils.flop_counter.FlopCounterMode`, plus formulas for the ops it counts as zero (CPU
-      scaled-dot-product attention, grouped matmul). A module is run forward + backward on the `meta` device
-      when it allows it (no memory, no compute), else on its own device.
+    - torch: the formulas of `torch.utils.flop_counter` (what `FlopCounterMode` counts, through a leaner
+      dispatch mode of this library's), plus formulas for the ops they count as zero (CPU scaled-dot-product
+      attention, grouped matmul). A module is run forward + backward on the `meta` device when it allows it (no
+      memory, no compute), else on its own device.
     - jax: the step's jaxpr, counting `dot_general` and convolutions, with `scan` bodies multiplied by their
       length and `shard_map` bodies by the devices they run on (a step sharded over a mesh counts once,
       globally).

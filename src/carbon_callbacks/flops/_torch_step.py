@@ -1,4 +1,4 @@
-"""Counting one torch training step without running it: fake tensors under `FlopCounterMode`.
+"""Counting one torch training step without running it: fake tensors under the library's FLOP counter.
 
 `count_step(module, step, *inputs)` counts `step(*inputs)` and the backward of the loss it returns with the
 module's parameters and buffers swapped for fake tensors (`FakeTensorMode`: shapes, dtypes and devices, no
@@ -17,6 +17,9 @@ Compiled modules are counted uncompiled: `torch.compile`d submodules are swapped
 any other compiled function runs eagerly (`torch.compiler.set_stance("force_eager")`) while counting, so Dynamo
 never sees the counter's dispatch mode or module hooks, and the graphs it compiled are used by the next real
 step as before.
+
+The counter (`flops._torch.Counter`) counts what `FlopCounterMode` counts with the same formulas, for less Python
+per op; most of a count's time is now the fake tensors' own (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from carbon_callbacks._compat import InternalApiMissing
 from carbon_callbacks._compat import torch as torch_compat
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks.flops._result import FakeCountError, FlopCount, breakdown_from_leaves
-from carbon_callbacks.flops._torch import _Counter, own_flops
+from carbon_callbacks.flops._torch import Counter, _StockCounter, new_counter
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,8 @@ METHOD_FAKE = "traced:torch-flop-counter(fake tensors)"
 METHOD_REAL = "traced:torch-flop-counter(real step; fake tensors failed: {reason})"
 #: What `fallback` may be.
 FALLBACKS = ("real", None)
-#: The warning torch gives when a compiled module is called while module hooks are set globally (the counter's).
+#: The warning torch gives when a compiled module is called while module hooks are set globally (as
+#: `FlopCounterMode`, the fallback counter, sets them).
 _GLOBAL_HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
 
 
@@ -97,7 +101,9 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
     - other outputs: the sum of their floating-point tensors that require a gradient;
     - `None` (a Lightning step that skips the batch): nothing; the forward alone is counted.
     Frozen parameters (`requires_grad=False`) get no weight gradient, exactly as in the real step. The counter
-    is `torch.utils.flop_counter.FlopCounterMode` with this library's formulas for the ops it misses.
+    applies the formulas of `torch.utils.flop_counter` and this library's for the ops it misses, and counts what
+    `FlopCounterMode` counts with them; `breakdown` puts each op in the layer kind of the module that runs it (a
+    backward op: of the module whose forward it differentiates).
 
     `step` runs in the caller's autocast and grad-mode context, with grad mode on; FLOPs do not depend on the
     dtype, so a bf16 step counts as its fp32 twin. It must not call `backward` itself.
@@ -192,7 +198,7 @@ def sharded(module: torch.nn.Module) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- the two counts
-def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str]]:
+def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
     mode = torch_compat.fake_tensor_mode()
     if mode is None:
         raise RuntimeError("torch has no FakeTensorMode")
@@ -203,16 +209,16 @@ def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str
     if swap is None:
         raise RuntimeError("torch cannot swap a module's parameters")
     fake_inputs = _map_tensors(inputs, mode.from_tensor)
-    counter = _Counter()
+    counter = new_counter(root)
     with swap, mode, counter:
         notes = _forward_backward(step, fake_inputs)
     return counter, notes
 
 
-def _real_count(root: torch.nn.Module, step, inputs) -> tuple[_Counter, list[str]]:
+def _real_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
     """The step for real under the counter, its backward through `autograd.grad`: no `.grad` is written."""
     buffers = {name: b.detach().clone() for name, b in root.named_buffers()}
-    counter = _Counter()
+    counter = new_counter(root)
     try:
         with counter:
             notes = _forward_backward(step, inputs, real_leaves=[p for p in root.parameters() if p.requires_grad])
@@ -278,14 +284,15 @@ def _no_lasting_effect(module: torch.nn.Module):
     """Counts the uncompiled module, with the RNG state and the Python state of every submodule kept.
 
     Yields the module to count and its `_ModuleState`, restored on exit (and by the caller between two tries).
-    The counter's module hooks are gone on exit too (`FlopCounterMode` removes them itself).
+    The counter's module hooks are gone on exit too (it removes them itself).
     """
     with torch_compat.uncompiled_submodules(module) as root:
         state = _ModuleState(root)
         devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
         try:
             with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-                # A compiled module the step calls through a reference of its own still sees the counter's hooks.
+                # A compiled module the step calls through a reference of its own sees the global hooks of
+                # FlopCounterMode where it counts (no TorchDispatchMode, a higher-order operator).
                 warnings.filterwarnings("ignore", message=_GLOBAL_HOOKS_WARNING)
                 yield root, state
         finally:
@@ -343,9 +350,9 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
-def _result(counter: _Counter, method: str, notes: list[str]) -> FlopCount:
-    total = int(counter.get_total_flops())
-    own = own_flops(counter.get_flop_counts())
+def _result(counter: Counter | _StockCounter, method: str, notes: list[str]) -> FlopCount:
+    total = int(counter.total)
+    own = counter.own_flops()
     return FlopCount(
         total=total,
         executed=total,

@@ -43,7 +43,8 @@ FIT = textwrap.dedent("""
                         accelerator="cpu", devices=1)
     trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=8))
     summary, records = read_run(callback.session.run_dir)
-    print("RESULT", summary["steps"], summary["info"]["framework"].split()[0], len(records), summary["total_model_flops"])
+    framework = summary["info"]["framework"].split()[0]
+    print("RESULT", summary["steps"], framework, len(records), summary["total_model_flops"])
 """)
 
 

@@ -63,15 +63,26 @@ def is_backward(stack: str) -> bool:
     return "transpose(" in stack
 
 
-def sub_jaxprs(eqn) -> list:
-    """The jaxprs nested in an equation's parameters (`jit`, `remat`, `custom_jvp_call`, `shard_map`, ...).
-
-    Checked on jax 0.10.2: `jax.extend.core.jaxprs_in_params`. Fallback where it is missing: the parameters'
-    values that have `eqns`, or a `jaxpr` attribute that has them.
-    """
+def _jaxprs_in_params():
+    """JAX's own walk over an equation's nested jaxprs: `jax.extend.core` has it, older releases `jax.core`."""
     try:
         from jax.extend.core import jaxprs_in_params
     except ImportError:
+        return getattr(jax.core, "jaxprs_in_params", None)
+    return jaxprs_in_params
+
+
+_JAXPRS_IN_PARAMS = _jaxprs_in_params()
+
+
+def sub_jaxprs(eqn) -> list:
+    """The jaxprs nested in an equation's parameters (`jit`, `remat`, `custom_jvp_call`, `shard_map`, ...).
+
+    Checked on jax 0.10.2 (`jax.extend.core.jaxprs_in_params`) and 0.4.30 (`jax.core.jaxprs_in_params`, where
+    older releases keep it). Fallback where both are missing: the parameters' values that have `eqns`, or a `jaxpr`
+    attribute that has them.
+    """
+    if _JAXPRS_IN_PARAMS is None:
         _missing("jax.extend.core.jaxprs_in_params", "nested jaxprs are found by looking at every parameter.")
         found = []
         for value in eqn.params.values():
@@ -80,7 +91,7 @@ def sub_jaxprs(eqn) -> list:
                 if hasattr(inner, "eqns"):
                     found.append(inner)
         return found
-    return list(jaxprs_in_params(eqn.params))
+    return list(_JAXPRS_IN_PARAMS(eqn.params))
 
 
 def _param(eqn, key: str, consequence: str) -> Any:

@@ -237,3 +237,43 @@ def test_it_runs_before_the_integrations_wherever_it_is_listed(tmp_path):
     handler.on_init_end(args, transformers.TrainerState(), transformers.TrainerControl())
     assert [type(c).__name__ for c in handler.callbacks] == ["CarbonCallback", "DefaultFlowCallback",
                                                               "PrinterCallback"]
+
+
+FACTS = {"carbon/region": "none (intensity given)", "carbon/pue": 1.2, "carbon/gross_kg_per_kwh": 0.5,
+         "carbon/net_kg_per_kwh": 0.2, "carbon/num_chips": 1, "carbon/energy_method": "given"}
+
+
+def test_mlflow_and_wandb_end_on_the_totals_and_hold_the_facts_and_files(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    wandb = pytest.importorskip("wandb")
+    from mlflow.tracking import MlflowClient
+
+    from readers import wandb_records
+
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns) and W&B's files stay in the test's folder
+    for name, value in {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_EXPERIMENT_NAME": "carbon",
+                        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    carbon = callback()
+    trainer = make_trainer(tmp_path / "out", gpt2(), rows(5 * BATCH), carbon, report_to=["mlflow", "wandb"])
+    trainer.train()
+    wandb_id = wandb.run.id
+    wandb.finish()
+    summary, _ = read_run(carbon.session.run_dir)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("carbon").experiment_id])
+    for key, field in TOTALS.items():
+        assert run.data.metrics[key] == pytest.approx(summary[field], rel=1e-12)  # the run table: the last value
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "carbon/energy_kwh")] == [2, 4, 5]
+    assert {k: str(v) for k, v in FACTS.items()}.items() <= run.data.params.items()
+    assert run.data.params["carbon/flops_method"].startswith("model: analytic")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "carbon")} == {"carbon/run.json",
+                                                                                   "carbon/report.md"}
+
+    recorded = wandb_records(tmp_path, wandb_id)
+    for key, field in TOTALS.items():
+        assert recorded["summary"][f"train/{key}"] == pytest.approx(summary[field], rel=1e-12)
+    assert [h["train/global_step"] for h in recorded["history"] if "train/carbon/energy_kwh" in h] == [2, 4, 5]
+    assert FACTS.items() <= recorded["config"].items()
+    assert {"carbon/run.json", "carbon/report.md"} <= set(recorded["files"])

@@ -7,10 +7,10 @@ processes. What it reads from inside transformers is in `carbon_callbacks._compa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from carbon_callbacks._compat import transformers as _hf
 from carbon_callbacks._run.files import new_run_dir, write_json_atomic
@@ -27,7 +27,7 @@ RUN_SUBDIR = "carbon"
 STATE_FILE = "carbon_callbacks.json"
 
 
-class CarbonCallback(TrainerCallback):
+class CarbonCallback(_hf.TrainerCallback):
     """Logs `carbon/*` metrics (energy, gross and net CO2e, FLOPs, step time, MFU) in the Trainer's log rows.
 
     Every training row the Trainer logs (its `logging_steps`) gets the `carbon/*` keys, so `report_to`
@@ -129,7 +129,7 @@ class CarbonCallback(TrainerCallback):
 
     @guarded
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
-        if _hf.run_first(self) is None:  # e.g. restored callbacks were appended again
+        if _hf.run_first(self) is None:  # again: `trainer.add_callback` after init, restored callbacks re-added
             self.session.warn("order", "carbon-callbacks: cannot run before the Trainer's other callbacks; the "
                               "carbon/* keys reach trainer.state.log_history but only the loggers after it.")
         self._unhook()  # a train() that raised before (its run is closed as interrupted by `start`)
@@ -194,8 +194,7 @@ class CarbonCallback(TrainerCallback):
             return
         closing = _hf.is_closing_row(logs)
         if closing:  # after the last step, before on_train_end: the row holds the finished run's totals
-            self._unhook()
-            session.finish()
+            self.finish()
         elif _hf.is_training_row(logs):  # the row's loss is its interval's; the interval ends with the row
             session.step_end(num_steps=0, loss=logs["loss"], step=state.global_step, close=True)
         else:
@@ -206,9 +205,7 @@ class CarbonCallback(TrainerCallback):
             row.update(metrics)  # the copy the Trainer appended before calling on_log
         logs.update(metrics)  # what the report_to integrations after this callback log
         if state.is_world_process_zero:
-            self._log_params()
-            if closing:
-                self._attach()
+            self._to_trackers(files=closing)
 
     @guarded
     def on_save(self, args, state, control, **kwargs) -> None:
@@ -229,7 +226,7 @@ class CarbonCallback(TrainerCallback):
         if self.session.running:  # no closing row was seen
             self.finish()
             if state.is_world_process_zero:
-                self._attach()
+                self._to_trackers(files=True)
         self._unhook()
 
     # ------------------------------------------------------------------------------------------- counting
@@ -261,25 +258,19 @@ class CarbonCallback(TrainerCallback):
         self._batches = []
 
     # ------------------------------------------------------------------------------------------- trackers, resume
-    def _log_params(self) -> None:
-        """The run's facts as the active MLflow run's params and W&B run's config, once per run."""
+    def _to_trackers(self, files: bool) -> None:
+        """The run's facts to the active MLflow run's params and W&B run's config (once per run); with `files`, its
+        `run.json` and `report.md` too (the report_to integrations log to those active runs)."""
+        from carbon_callbacks._loggers import attach_to_active_runs, log_params_to_active_runs
+
         if not self._params_logged:
             self._params_logged = True
-            from carbon_callbacks._loggers import log_params_to_active_runs
-
             log_params_to_active_runs(self.session.params())
-
-    def _attach(self) -> None:
-        run_dir = self.session.run_dir
-        if run_dir is not None:
-            from carbon_callbacks._loggers import attach_to_active_runs
-
-            attach_to_active_runs([run_dir / name for name in ("run.json", "report.md")])
+        if files and self.session.run_dir is not None:
+            attach_to_active_runs([self.session.run_dir / name for name in ("run.json", "report.md")])
 
     def _load(self, path: Path, step: int) -> None:
         """Continues the totals and folder a checkpoint carries (`on_save`), if it carries them."""
-        import json
-
         if not path.is_file():
             self.session.warn("resume", f"carbon-callbacks: the run resumes at step {step} from a checkpoint "
                               f"without {STATE_FILE}; its carbon totals start from this step.")

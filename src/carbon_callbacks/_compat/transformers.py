@@ -20,10 +20,16 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import transformers
-from transformers import trainer_callback, trainer_utils
-
 from carbon_callbacks._compat import missing
+
+try:
+    import transformers
+    from transformers import TrainerCallback, trainer_callback, trainer_utils  # noqa: F401  (the adapter's base)
+except ImportError:
+    raise ImportError(
+        "carbon_callbacks.transformers needs transformers 5 with accelerate: pip install 'carbon-callbacks[hf]' (or "
+        "pip install transformers accelerate)."
+    ) from None
 
 CHECKED = "transformers 5.24.0"
 #: A key only the row `Trainer.train` logs after its last step has (`speed_metrics("train", ...)`).

@@ -64,9 +64,10 @@ def pad(examples: list[dict]) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def make_trainer(out, config, data, callback, **arguments):
+def make_trainer(out, config, data, callback, wrap=None, **arguments):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    model = wrap(model) if wrap is not None else model
     args = transformers.TrainingArguments(**{
         "output_dir": str(out), "max_steps": 5, "per_device_train_batch_size": BATCH, "logging_steps": 2,
         "report_to": "none", "save_strategy": "no", "disable_tqdm": True, "use_cpu": True, "seed": 0, **arguments})
@@ -200,6 +201,22 @@ def test_an_optimizer_step_sums_its_micro_batches(accumulated_run):
     real = [real_flops(trainer.model, b) for b in batches]
     assert [r["model_flops"] for r in records] == pytest.approx([real[i] + real[i + 1] for i in (0, 2, 4)],
                                                                 rel=0.01)
+
+
+def test_lora_gives_the_flops_of_the_step_that_runs(tmp_path):
+    peft = pytest.importorskip("peft")
+    carbon = callback()
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    trainer = make_trainer(tmp_path, llama(), rows(3 * BATCH), carbon, wrap=lambda m: peft.get_peft_model(m, lora),
+                           max_steps=3, logging_steps=1)
+    batches = train_seeing_batches(trainer)
+    summary, records = read_run(carbon.session.run_dir)
+    real = [real_flops(trainer.model, b) for b in batches]
+    assert [r["model_flops"] for r in records] == pytest.approx(real, rel=0.01)
+    full = transformer_flops(TransformerConfig.from_hf(llama(), batch_size=BATCH, seq_len=16)).model_flops
+    assert records[0]["model_flops"] < 0.8 * full  # the model config's count assumes every weight trains
+    assert "of parameters train" in summary["info"]["flops_method"]
+    assert summary["info"]["percent_trainable"] < 5
 
 
 def test_a_resumed_run_continues_its_totals_and_its_folder(tmp_path):

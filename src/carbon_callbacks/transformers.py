@@ -178,10 +178,11 @@ class CarbonCallback(_hf.TrainerCallback):
         if not self._figures:
             self.session.warn("no-forward", "carbon-callbacks: no training forward of the Trainer's model was seen "
                               "in a step; its FLOPs and tokens are not counted.")
-        masks = self._masks
+        figures, masks = self._figures, self._masks  # the optimizer step: all its micro-batches
+        real = None if not masks or any(m is None for m in masks) else masks[0] if len(masks) == 1 else sum(masks)
         self.session.step_end(
-            flops=add_step_flops(self._figures),  # the optimizer step: all its micro-batches
-            real_tokens=sum(masks) if masks and all(m is not None for m in masks) else None,
+            flops=figures[0] if len(figures) == 1 else add_step_flops(figures),
+            real_tokens=real,
             step=state.global_step,
             close=bool(self._every) and state.global_step % self._every == 0,
         )

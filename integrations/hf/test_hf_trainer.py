@@ -246,6 +246,19 @@ def test_a_resumed_run_continues_its_totals_and_its_folder(tmp_path):
     assert not (tmp_path / "second" / "carbon").exists()
 
 
+def test_each_train_call_is_a_run_of_its_own(tmp_path):
+    carbon = callback()
+    trainer = make_trainer(tmp_path, gpt2(), rows(2 * BATCH), carbon, max_steps=2)
+    folders = []
+    for _ in range(2):
+        trainer.train()
+        folders.append(carbon.session.run_dir)
+    assert folders[0] != folders[1] and {f.parent for f in folders} == {tmp_path / "carbon"}
+    for folder in folders:  # the second run's forward hook replaced the first's: nothing is counted twice
+        summary, _ = read_run(folder)
+        assert summary["steps"] == 2 and summary["tokens"] == 2 * BATCH * 16
+
+
 def test_it_runs_before_the_integrations_wherever_it_is_listed(tmp_path):
     carbon = callback()
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)

@@ -1,5 +1,6 @@
 """The Hugging Face `Trainer` on 2 CPU processes (torchrun, DDP over gloo): each process metered once, totals summed
-with torch.distributed's all-reduce, files and report written once by global rank 0 with `world_size` 2."""
+with torch.distributed's all-reduce, files and report written once by global rank 0 with `world_size` 2, and the
+checkpoints carry the summed totals."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ pytest.importorskip("accelerate")
 
 from carbon_callbacks import TransformerConfig, read_run  # noqa: E402
 from carbon_callbacks.flops import transformer_flops  # noqa: E402
+from carbon_callbacks.transformers import STATE_FILE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -63,3 +65,7 @@ def test_two_processes_count_each_device_once_and_rank_0_writes_once(tmp_path):
         assert ranks[rank]["last_row"]["carbon/energy_kwh"] == summary["energy_kwh"]
         assert ranks[rank]["last_row"]["carbon/co2e_kg"] == summary["gross_co2e_kg"]
     assert output.count(f"carbon-callbacks: {STEPS} steps, status finished") == 1  # the report, printed once
+    saved = json.loads((tmp_path / f"checkpoint-{STEPS}" / STATE_FILE).read_text())  # each process's equal share
+    assert saved["steps"] == STEPS and saved["run_dir"] == str(folder)
+    assert 2 * sum(saved["energy_j"].values()) * SITE["pue"] / J_PER_KWH == pytest.approx(summary["energy_kwh"])
+    assert 2 * saved["model_flops"] == summary["total_model_flops"]

@@ -1,7 +1,8 @@
 """One Hugging Face `Trainer` run on 2 CPU processes (DDP over gloo), started by test_hf_trainer_ddp.py with
 `python -m torch.distributed.run --nproc_per_node 2 trainer_ddp_worker.py OUTPUT_DIR`.
 
-Each process writes `rank<global rank>.json` with the last row of its `log_history` and the summary it holds.
+Each process writes `rank<global rank>.json` with the last row of its `log_history` and the summary it holds; a
+checkpoint every LOGGING_STEPS steps carries the totals summed over both processes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main(out: Path) -> None:
     callback = CarbonCallback(**SITE, meter=ReplayMeter(energy_j=JOULES, seconds=1.0))
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH, logging_steps=LOGGING_STEPS,
-        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, ddp_backend="gloo", seed=0,
+        report_to="none", save_strategy="steps", save_steps=LOGGING_STEPS, disable_tqdm=True, use_cpu=True,
+        ddp_backend="gloo", seed=0,
     )
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config()), args=args, train_dataset=data,
                                    callbacks=[callback])

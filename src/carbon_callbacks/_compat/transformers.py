@@ -1,8 +1,9 @@
 """What the Hugging Face `Trainer` adapter reads from inside `transformers`, beyond its documented callback API.
 
-Checked against transformers 5.24.0 (with accelerate 1.15.0). Everything else the adapter uses is the documented
-`TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `logging_steps`, `world_size`,
-`process_index`, `local_process_index`, `device`, `should_save`) and `TrainerState` (`global_step`,
+Checked against transformers 5.24.0 (run by the tests, with accelerate 1.15.0) and the source of 4.46.1 (the `hf`
+extra's floor), which call the hooks, log the rows and name the checkpoints the same way. Everything else the
+adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `logging_steps`,
+`world_size`, `process_index`, `local_process_index`, `device`, `should_save`) and `TrainerState` (`global_step`,
 `logging_steps`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one function each:
 
 - the `CallbackHandler` calling a hook, and its `callbacks` list (`run_first`), so the adapter runs before the
@@ -31,7 +32,7 @@ except ImportError:
         "pip install transformers accelerate)."
     ) from None
 
-CHECKED = "transformers 5.24.0"
+CHECKED = "transformers 4.46.1 to 5.24.0"
 #: A key only the row `Trainer.train` logs after its last step has (`speed_metrics("train", ...)`).
 CLOSING_KEY = "train_runtime"
 #: How many frames up from a hook the Trainer's own frames are looked for (hook, `guarded`, `call_event`, the
@@ -81,7 +82,7 @@ def resumed_from(args, state) -> Path:
     """The checkpoint folder a run that starts at `state.global_step > 0` resumed from.
 
     Reads the `resume_from_checkpoint` local of the `Trainer._inner_training_loop` frame that calls
-    `on_train_begin` (checked on transformers 5.24.0): `Trainer.train` resolves `True` to the last checkpoint
+    `on_train_begin` (checked on 4.46.1 to 5.24.0): `Trainer.train` resolves `True` to the last checkpoint
     there.
 
     Fallback when missing: `<output_dir>/checkpoint-<global_step>`, the folder the Trainer saved at that step
@@ -104,7 +105,7 @@ def resumed_from(args, state) -> Path:
 
 def checkpoint_dir(args, state) -> Path:
     """The checkpoint folder `Trainer._save_checkpoint` writes at `state.global_step`:
-    `<output_dir>/checkpoint-<global_step>` (`trainer_utils.PREFIX_CHECKPOINT_DIR`, checked on 5.24.0).
+    `<output_dir>/checkpoint-<global_step>` (`trainer_utils.PREFIX_CHECKPOINT_DIR`, checked on 4.46.1 to 5.24.0).
 
     A hyperparameter search's trials save under `<output_dir>/<trial>` instead; there the folder is not found and
     the adapter warns that the checkpoint does not carry the carbon totals.
@@ -119,8 +120,8 @@ def checkpoint_dir(args, state) -> Path:
 
 def is_closing_row(logs: Mapping) -> bool:
     """Whether `logs` is the row `Trainer.train` logs after the last step (runtime, samples/s, `train_loss`)
-    before `on_train_end`. Checked on 5.24.0; were the key renamed, the run closes at `on_train_end` instead and
-    the last row holds the totals as of the last logging step."""
+    before `on_train_end`. Checked on 4.46.1 to 5.24.0; were the key renamed, the run closes at `on_train_end`
+    instead and the last row holds the totals as of the last logging step."""
     return CLOSING_KEY in logs
 
 

@@ -25,9 +25,9 @@ def tensorboard_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]
         for tag in accumulator.Tags()["tensors"]:  # tf.summary (Keras, Flax) writes scalars as tensors
             from tensorboard.util import tensor_util
 
-            out.setdefault(tag, []).extend(
-                (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)
-            )
+            arrays = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+            if all(a.ndim == 0 and a.dtype.kind in "fiu" for _, a in arrays):  # not text (`add_text`)
+                out.setdefault(tag, []).extend((step, float(a)) for step, a in arrays)
     return {tag: sorted(values) for tag, values in out.items()}
 
 

@@ -4,6 +4,9 @@ Run as `python _parity_run.py <framework> <out_dir>` with framework `lightning`,
 backend from `KERAS_BACKEND`). Every framework gets the same model config, batches, site, chip, interval and
 `ReplayMeter`, so `test_parity.py` can require identical `run.json` figures. Two runs each: `ok` (STEPS steps)
 and `failed` (the user's code raises at step FAIL_AT).
+
+The Hugging Face pair, `lightning-gpt2` and `hf` (the `Trainer`), trains a GPT-2 built from GPT2_CONFIG the same
+way, on the same batches of `{"input_ids", "labels"}`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,85 @@ def lightning(out: Path) -> None:
                              callbacks=[CarbonCallback(**SITE, meter=meter(), output_dir=out / name)])
         try:
             trainer.fit(Module(fail_at), loader)
+        except UserError:
+            pass
+
+
+def gpt2_config():
+    import transformers
+
+    return transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=CONFIG.seq_len,
+                                   bos_token_id=0, eos_token_id=0)
+
+
+def gpt2_examples() -> list[dict]:
+    """STEPS batches of CONFIG.batch_size sequences, as examples a DataLoader or the Trainer batches alike."""
+    import torch
+
+    data = torch.randint(0, CONFIG.vocab_size, (STEPS * CONFIG.batch_size, CONFIG.seq_len),
+                         generator=torch.Generator().manual_seed(0))
+    return [{"input_ids": ids, "labels": ids} for ids in data]
+
+
+def lightning_gpt2(out: Path) -> None:
+    import pytorch_lightning as pl
+    import torch
+    import transformers
+
+    from carbon_callbacks.lightning import CarbonCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self, fail_at=None):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model, self.fail_at = transformers.GPT2LMHeadModel(gpt2_config()), fail_at
+
+        def training_step(self, batch, batch_idx):
+            if self.fail_at is not None and batch_idx + 1 == self.fail_at:
+                raise UserError("step failed")
+            return self.model(**batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(gpt2_examples(), batch_size=CONFIG.batch_size)
+    for name, fail_at in (("ok", None), ("failed", FAIL_AT)):
+        trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
+                             callbacks=[CarbonCallback(**SITE, meter=meter(), output_dir=out / name)])
+        try:
+            trainer.fit(Module(fail_at), loader)
+        except UserError:
+            pass
+
+
+def hf(out: Path) -> None:
+    import torch
+    import transformers
+
+    from carbon_callbacks.transformers import CarbonCallback
+
+    class FailAt(transformers.TrainerCallback):
+        def __init__(self, fail_at):
+            self.fail_at = fail_at
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.fail_at is not None and state.global_step + 1 == self.fail_at:
+                raise UserError("step failed")
+
+    for name, fail_at in (("ok", None), ("failed", FAIL_AT)):
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            output_dir=str(out / "trainer"), max_steps=STEPS, per_device_train_batch_size=CONFIG.batch_size,
+            logging_steps=INTERVAL, learning_rate=0.01, report_to="none", save_strategy="no", disable_tqdm=True,
+            use_cpu=True,
+        )
+        callback = CarbonCallback(**SITE, meter=meter(), output_dir=out / name)
+        trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(gpt2_config()), args=args,
+                                       train_dataset=gpt2_examples(), callbacks=[callback, FailAt(fail_at)])
+        try:
+            with callback:
+                trainer.train()
         except UserError:
             pass
 
@@ -124,4 +206,4 @@ def keras(out: Path) -> None:
 
 if __name__ == "__main__":
     framework, out = sys.argv[1], Path(sys.argv[2])
-    {"lightning": lightning, "flax": flax, "keras": keras}[framework](out)
+    {"lightning": lightning, "flax": flax, "keras": keras, "lightning-gpt2": lightning_gpt2, "hf": hf}[framework](out)

@@ -3,7 +3,8 @@
 The reference Switch GPT is trained for the same steps in Lightning, Flax and Keras (TensorFlow and JAX backends),
 each with the same `ReplayMeter`, site, chip and interval; each framework runs in a process of its own
 (`_parity_run.py`). Every figure of `run.json` that does not depend on the framework's speed must be identical,
-and an exception in the user's code must leave the same status everywhere.
+and an exception in the user's code must leave the same status everywhere. The Hugging Face `Trainer` is held to
+Lightning the same way, on a GPT-2 built from its config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from carbon_callbacks import read_run
-from carbon_callbacks.flops import transformer_flops
+from carbon_callbacks.flops import TransformerConfig, transformer_flops
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _parity_run import CONFIG, FAIL_AT, STEPS  # noqa: E402
@@ -31,13 +32,10 @@ SAME = ("steps", "status", "wall_time_s", "energy_kwh", "it_energy_kwh", "gross_
 SAME_INFO = ("params_total", "params_active_per_token", "percent_active", "flops_by_layer_kind")
 
 
-@pytest.fixture(scope="module")
-def summaries(tmp_path_factory) -> dict[str, dict[str, dict]]:
-    """framework -> run name (`ok`, `failed`) -> run.json, from one process per framework run side by side."""
-    root = tmp_path_factory.mktemp("parity")
+def run_side_by_side(root: Path, runs: dict[str, tuple[str, dict]]) -> dict[str, dict[str, dict]]:
+    """name -> run name (`ok`, `failed`) -> run.json, from one process per (framework, environment) of `runs`."""
     procs = {}
-    for name, env in RUNS.items():
-        framework = name.split("-")[0]
+    for name, (framework, env) in runs.items():
         procs[name] = subprocess.Popen(
             [sys.executable, str(SCRIPT), framework, str(root / name)],
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}, cwd=root,
@@ -49,6 +47,21 @@ def summaries(tmp_path_factory) -> dict[str, dict[str, dict]]:
         assert proc.returncode == 0, f"{name} failed:\n{output[-4000:]}"
         out[name] = {run: read_run(root / name / run)[0] for run in ("ok", "failed")}
     return out
+
+
+@pytest.fixture(scope="module")
+def summaries(tmp_path_factory) -> dict[str, dict[str, dict]]:
+    """framework -> run name (`ok`, `failed`) -> run.json, from one process per framework run side by side."""
+    runs = {name: (name.split("-")[0], env) for name, env in RUNS.items()}
+    return run_side_by_side(tmp_path_factory.mktemp("parity"), runs)
+
+
+@pytest.fixture(scope="module")
+def gpt2_summaries(tmp_path_factory) -> dict[str, dict[str, dict]]:
+    """The Hugging Face pair: a GPT-2 config through Lightning and through the `Trainer`."""
+    pytest.importorskip("transformers")
+    runs = {"lightning": ("lightning-gpt2", {}), "trainer": ("hf", {})}
+    return run_side_by_side(tmp_path_factory.mktemp("parity-gpt2"), runs)
 
 
 @pytest.mark.slow
@@ -82,4 +95,38 @@ def test_the_figures_are_the_analytic_ones(summaries):
 @pytest.mark.slow
 def test_an_exception_leaves_the_same_failed_run(summaries):
     failed = {name: (runs["failed"]["status"], runs["failed"]["steps"]) for name, runs in summaries.items()}
+    assert set(failed.values()) == {("failed", FAIL_AT - 1)}, failed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", SAME)
+def test_the_trainer_gives_lightnings_figures(gpt2_summaries, key):
+    lightning, trainer = (gpt2_summaries[name]["ok"][key] for name in ("lightning", "trainer"))
+    assert lightning is not None and repr(trainer) == repr(lightning)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", SAME_INFO)
+def test_the_trainer_gives_lightnings_model_facts(gpt2_summaries, key):
+    lightning, trainer = (gpt2_summaries[name]["ok"]["info"].get(key) for name in ("lightning", "trainer"))
+    assert lightning is not None and repr(trainer) == repr(lightning)
+
+
+@pytest.mark.slow
+def test_the_trainer_counts_the_gpt2_config_exactly(gpt2_summaries):
+    import transformers
+
+    from _parity_run import gpt2_config
+
+    summary = gpt2_summaries["trainer"]["ok"]
+    analytic = transformer_flops(TransformerConfig.from_hf(gpt2_config(), batch_size=CONFIG.batch_size,
+                                                           seq_len=CONFIG.seq_len))
+    assert summary["steps"] == STEPS and summary["status"] == "finished"
+    assert summary["total_model_flops"] == STEPS * analytic.model_flops
+    assert summary["info"]["framework"] == f"transformers {transformers.__version__}"
+
+
+@pytest.mark.slow
+def test_an_exception_in_the_trainer_leaves_lightnings_failed_run(gpt2_summaries):
+    failed = {name: (runs["failed"]["status"], runs["failed"]["steps"]) for name, runs in gpt2_summaries.items()}
     assert set(failed.values()) == {("failed", FAIL_AT - 1)}, failed

@@ -6,6 +6,7 @@ the tracker's own objects (an `MlflowClient` and a run id, a `wandb` run) so the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,3 +40,41 @@ def attach(logger, files: list[Path]) -> bool:
         attach_to_wandb(experiment, files)
         return True
     return False
+
+
+def active_runs() -> list[tuple[str, object]]:
+    """The experiment-tracker runs active in this process: `("mlflow", run id)` and `("wandb", run)`.
+
+    For frameworks whose loggers are not reachable objects (the Hugging Face Trainer's `report_to` integrations
+    log to the tracker's active run). A tracker that was never imported has no run: none is imported here.
+    """
+    runs: list[tuple[str, object]] = []
+    mlflow = sys.modules.get("mlflow")
+    active = getattr(mlflow, "active_run", None)
+    run = active() if callable(active) else None
+    if run is not None:
+        runs.append(("mlflow", run.info.run_id))
+    wandb_run = getattr(sys.modules.get("wandb"), "run", None)
+    if wandb_run is not None:
+        runs.append(("wandb", wandb_run))
+    return runs
+
+
+def log_params_to_active_runs(params: dict) -> None:
+    """Logs `params` (the run's facts) as the active MLflow run's params and the active W&B run's config."""
+    for kind, run in active_runs():
+        if kind == "mlflow":
+            sys.modules["mlflow"].log_params(params, run_id=run)
+        else:
+            run.config.update(params, allow_val_change=True)
+
+
+def attach_to_active_runs(files: list[Path]) -> None:
+    """Attaches `files` to the active MLflow run (artifacts under `carbon/`) and W&B run (files under `carbon/`)."""
+    for kind, run in active_runs():
+        if kind == "mlflow":
+            from mlflow.tracking import MlflowClient
+
+            attach_to_mlflow(MlflowClient(), run, files)
+        else:
+            attach_to_wandb(run, files)

@@ -1,0 +1,131 @@
+"""What the Hugging Face `Trainer` adapter reads from inside `transformers`, beyond its documented callback API.
+
+Checked against transformers 5.24.0 (run by the tests, with accelerate 1.15.0) and the source of 4.46.1 (the `hf`
+extra's floor), which call the hooks, log the rows and name the checkpoints the same way. Everything else the
+adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `logging_steps`,
+`world_size`, `process_index`, `local_process_index`, `device`, `should_save`) and `TrainerState` (`global_step`,
+`logging_steps`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one function each:
+
+- the `CallbackHandler` calling a hook, and its `callbacks` list (`run_first`), so the adapter runs before the
+  `report_to` integrations that the Trainer puts ahead of user callbacks;
+- the `resume_from_checkpoint` argument of `Trainer._inner_training_loop`, the frame that calls `on_train_begin`
+  (`resumed_from`), since no hook is told which checkpoint a run resumed from;
+- the checkpoint folder's name, `<output_dir>/checkpoint-<global_step>` (`checkpoint_dir`), which
+  `Trainer._save_checkpoint` writes just before `on_save` and transformers' own `MLflowCallback.on_save` reads;
+- the key of the Trainer's closing log row, `train_runtime` (`is_closing_row`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from carbon_callbacks._compat import missing
+
+try:
+    import transformers
+    from transformers import TrainerCallback, trainer_callback, trainer_utils  # noqa: F401  (the adapter's base)
+except ImportError:
+    raise ImportError(
+        "carbon_callbacks.transformers needs transformers 5 with accelerate: pip install 'carbon-callbacks[hf]' (or "
+        "pip install transformers accelerate)."
+    ) from None
+
+CHECKED = "transformers 4.46.1 to 5.24.0"
+#: A key only the row `Trainer.train` logs after its last step has (`speed_metrics("train", ...)`).
+CLOSING_KEY = "train_runtime"
+#: How many frames up from a hook the Trainer's own frames are looked for (hook, `guarded`, `call_event`, the
+#: handler's `on_*`, the Trainer's loop).
+_FRAMES = 8
+
+
+def version() -> str:
+    """`transformers <version>`, for `run.json`'s `info["framework"]`."""
+    return f"transformers {transformers.__version__}"
+
+
+def run_first(callback) -> list[str] | None:
+    """Moves `callback` to the front of the `CallbackHandler` now calling one of its hooks, so the `report_to`
+    integrations after it (TensorBoard, W&B, MLflow, ...) and the progress printer see the keys it adds to `logs`.
+
+    `CallbackHandler.call_event` hands one `logs` dict to `self.callbacks` in list order, and `Trainer.__init__`
+    puts the integrations first. Moving the callback being called to the front keeps every other callback's order
+    and, as the loop is past it, skips or repeats none (the same move as `_compat.keras.run_first`).
+
+    Returns:
+        The class names of the callbacks that were before it (empty if none), or `None` when no handler is
+        calling (a hook called by hand, or a transformers that no longer calls hooks from its handler).
+    """
+    handler_type = getattr(trainer_callback, "CallbackHandler", None)
+    if handler_type is None:
+        missing("transformers", "trainer_callback.CallbackHandler", CHECKED, "the carbon/* keys reach only the "
+                "loggers after the callback, and always Trainer.state.log_history.")
+        return None
+    frame = sys._getframe(1)
+    for _ in range(_FRAMES):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        callbacks = getattr(owner, "callbacks", None)
+        if isinstance(owner, handler_type) and isinstance(callbacks, list) and callback in callbacks:
+            index = callbacks.index(callback)
+            before = [type(c).__name__ for c in callbacks[:index]]
+            if index:
+                callbacks.insert(0, callbacks.pop(index))
+            return before
+        frame = frame.f_back
+    return None
+
+
+def resumed_from(args, state) -> Path:
+    """The checkpoint folder a run that starts at `state.global_step > 0` resumed from.
+
+    Reads the `resume_from_checkpoint` local of the `Trainer._inner_training_loop` frame that calls
+    `on_train_begin` (checked on 4.46.1 to 5.24.0): `Trainer.train` resolves `True` to the last checkpoint
+    there.
+
+    Fallback when missing: `<output_dir>/checkpoint-<global_step>`, the folder the Trainer saved at that step
+    (right for `resume_from_checkpoint=True` and for a path inside `output_dir`), with no warning.
+    """
+    trainer_type = getattr(transformers, "Trainer", None)
+    frame = sys._getframe(1)
+    for _ in range(_FRAMES):
+        if frame is None:
+            break
+        local = frame.f_locals
+        if trainer_type is not None and isinstance(local.get("self"), trainer_type) and \
+                "resume_from_checkpoint" in local:
+            if isinstance(local["resume_from_checkpoint"], (str, Path)):
+                return Path(local["resume_from_checkpoint"])
+            break
+        frame = frame.f_back
+    return checkpoint_dir(args, state)
+
+
+def checkpoint_dir(args, state) -> Path:
+    """The checkpoint folder `Trainer._save_checkpoint` writes at `state.global_step`:
+    `<output_dir>/checkpoint-<global_step>` (`trainer_utils.PREFIX_CHECKPOINT_DIR`, checked on 4.46.1 to 5.24.0).
+
+    A hyperparameter search's trials save under `<output_dir>/<trial>` instead; there the folder is not found and
+    the adapter warns that the checkpoint does not carry the carbon totals.
+    """
+    prefix = getattr(trainer_utils, "PREFIX_CHECKPOINT_DIR", None)
+    if prefix is None:
+        missing("transformers", "trainer_utils.PREFIX_CHECKPOINT_DIR", CHECKED, "checkpoint folders are assumed "
+                "to be named checkpoint-<step>.")
+        prefix = "checkpoint"
+    return Path(args.output_dir) / f"{prefix}-{state.global_step}"
+
+
+def is_closing_row(logs: Mapping) -> bool:
+    """Whether `logs` is the row `Trainer.train` logs after the last step (runtime, samples/s, `train_loss`)
+    before `on_train_end`. Checked on 4.46.1 to 5.24.0; were the key renamed, the run closes at `on_train_end`
+    instead and the last row holds the totals as of the last logging step."""
+    return CLOSING_KEY in logs
+
+
+def is_training_row(logs: Mapping) -> bool:
+    """Whether `logs` is a training row of the Trainer's logging steps (it has the interval's `loss`), not an
+    evaluation row (`eval_*` keys) or a user's own `Trainer.log` call."""
+    return "loss" in logs

@@ -1,0 +1,294 @@
+"""The Hugging Face `Trainer` adapter: `CarbonCallback` logs energy, CO2e, FLOPs and MFU next to the loss.
+
+Works with `transformers.Trainer` and the trainers built on it (TRL's among them). The callback only maps the
+Trainer's hooks onto `carbon_callbacks.RunSession`: here are its hooks, its log rows, its checkpoints, its
+processes. What it reads from inside transformers is in `carbon_callbacks._compat.transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from carbon_callbacks._compat import transformers as _hf
+from carbon_callbacks._run.files import new_run_dir, write_json_atomic
+from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.step_flops import add_step_flops, array_leaves, attention_mask, batch_key, token_shape
+from carbon_callbacks.flops import count_step, trainable_fraction
+from carbon_callbacks.flops._torch_step import sharded
+
+__all__ = ["CarbonCallback"]
+
+#: Subfolder of `args.output_dir` that holds the run folders (`carbon/<UTC timestamp>`).
+RUN_SUBDIR = "carbon"
+#: The file each checkpoint folder gets with the run's totals and folder, read back on resume.
+STATE_FILE = "carbon_callbacks.json"
+
+
+class CarbonCallback(_hf.TrainerCallback):
+    """Logs `carbon/*` metrics (energy, gross and net CO2e, FLOPs, step time, MFU) in the Trainer's log rows.
+
+    Every training row the Trainer logs (its `logging_steps`) gets the `carbon/*` keys, so `report_to`
+    (TensorBoard, W&B, MLflow, ...) and `trainer.state.log_history` (saved in `trainer_state.json`) hold them next
+    to the loss; the row the Trainer logs after the last step (`train_runtime`) holds the finished run's totals,
+    equal to `run.json`. The process of global rank 0 writes `run.json`, `steps.jsonl` and `report.md` into
+    `<output_dir>/carbon/<timestamp>` and prints the report; an active MLflow or W&B run gets the run's facts as
+    params and its files. Checkpoints carry the totals: a `resume_from_checkpoint` continues them in the same
+    folder.
+
+    Args:
+        region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type,
+            continue_runs: as every adapter takes them (see `carbon_callbacks.RunSession`); one of
+            `region`/`intensity` is required.
+        num_chips: chips in the whole run. Defaults to `None`: the Trainer's world size.
+        output_dir: where rank 0 writes the run files. Defaults to `None`: a new `carbon/<timestamp>` inside the
+            Trainer's `output_dir`.
+        log_every_n_steps: also close a logging interval every this many optimizer steps (in `steps.jsonl`).
+            Defaults to `None`: the intervals are the Trainer's log rows (`logging_steps`).
+
+    Raises:
+        InvalidInputError: at construction, when neither `region` nor `intensity` is given, or for a bad number.
+        UnknownNameError: at construction, for a region or chip not in the tables.
+
+    Example:
+        >>> from transformers import Trainer
+        >>> from carbon_callbacks.transformers import CarbonCallback
+        >>> trainer = Trainer(model, args, train_dataset=data, callbacks=[CarbonCallback(region="fr")])
+
+    Notes:
+        The Trainer has no exception hook: for the status `failed` or `interrupted` of a `train()` that raised,
+        use the callback as a context manager around it (`with callback: trainer.train()`) or call `finish`.
+        How the hooks map onto the run: `docs/adapters.md`.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        intensity: float | None = None,
+        net_intensity: float | None = None,
+        pue: float | None = None,
+        chip: str | None = None,
+        num_chips: int | None = None,
+        output_dir: str | Path | None = None,
+        log_every_n_steps: int | None = None,
+        flops: float | None = None,
+        meter=None,
+        nvml: bool = True,
+        rapl: bool = True,
+        dtype: str = "bf16",
+        training_type: str | None = None,
+        continue_runs: bool = False,
+    ) -> None:
+        self.session = RunSession(
+            region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, chip=chip, num_chips=num_chips,
+            output_dir=output_dir, log_every_n_steps=log_every_n_steps, flops=flops, meter=meter, nvml=nvml,
+            rapl=rapl, dtype=dtype, training_type=training_type, continue_runs=continue_runs,
+        )
+        self._every = log_every_n_steps
+        self._hook = None
+        self._model = None
+        self._device = torch.device("cpu")
+        self._counting = False
+        self._batches: list[tuple[tuple, dict]] = []  # the micro-batches of the optimizer step under way
+        self._figures: list = []  # their FLOPs
+        self._masks: list = []  # their real tokens (an attention mask's sum, on the device), or None
+        self._params_logged = False
+
+    @property
+    def summary(self) -> dict | None:
+        """The last finished run's `run.json` content (`None` before the first run ends)."""
+        return self.session.finished_summary
+
+    def finish(self, status: str = "finished") -> dict | None:
+        """Closes the run (`run.json` with `status`, the meter, the report); for a `train()` that raised.
+
+        Returns:
+            The run's summary (the content of `run.json`), or `None` when no run was open.
+        """
+        self._unhook()
+        return self.session.finish(status)
+
+    def __enter__(self) -> CarbonCallback:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._finish_guarded(status_for(exc))
+        return False
+
+    @guarded
+    def _finish_guarded(self, status: str) -> None:  # closing must not hide the user's own exception
+        self.finish(status)
+
+    # ------------------------------------------------------------------------------------------- hooks
+    @guarded
+    def on_init_end(self, args, state, control, **kwargs) -> None:
+        _hf.run_first(self)  # before the report_to integrations, from the first event on
+
+    @guarded
+    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
+        if _hf.run_first(self) is None:  # again: `trainer.add_callback` after init, restored callbacks re-added
+            self.session.warn("order", "carbon-callbacks: cannot run before the Trainer's other callbacks; the "
+                              "carbon/* keys reach trainer.state.log_history but only the loggers after it.")
+        self._unhook()  # a train() that raised before (its run is closed as interrupted by `start`)
+        if state.global_step > 0:  # resumed from a checkpoint
+            self._load(_hf.resumed_from(args, state) / STATE_FILE, state.global_step)
+        self._model, self._device = model, args.device
+        self._batches, self._figures, self._masks, self._params_logged = [], [], [], False
+        self._hook = model.register_forward_pre_hook(self._see_batch, with_kwargs=True)
+        why = sharded(model) or ("DeepSpeed or FSDP shard the step" if args.deepspeed or args.fsdp else None)
+        multi = args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.session.start(
+            model=model,
+            traceable=why is None,
+            untraceable_reason=f"{why}, so the step is not counted;",
+            trainable=tuple(trainable_fraction(model)),
+            default_dir=new_run_dir(Path(args.output_dir) / RUN_SUBDIR),
+            log_every_n_steps=int(state.logging_steps or args.logging_steps or 500),
+            world_size=int(args.world_size),
+            rank=int(args.process_index),
+            info={
+                "framework": _hf.version(),
+                "model": type(model).__name__,
+                "params_total": sum(p.numel() for p in model.parameters()),
+                "params_source": "counted: module parameters",
+            },
+            total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
+            meter_factory=lambda **options: _build_meter(args.device, args.local_process_index, **options),
+            device_sync=(lambda _: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else None,
+            reduce_sum=self._reduce_sum if multi else None,
+        )
+
+    def _see_batch(self, module, args, kwargs) -> None:
+        """Forward pre-hook: keeps each training forward's inputs until its optimizer step ends (no copy)."""
+        if module.training and not self._counting and self.session.running:
+            self._batches.append((args, kwargs))
+
+    @guarded
+    def on_substep_end(self, args, state, control, **kwargs) -> None:
+        self._count_batches()  # a micro-batch under gradient accumulation
+
+    @guarded
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if not self.session.running:
+            return
+        self._count_batches()
+        if not self._figures:
+            self.session.warn("no-forward", "carbon-callbacks: no training forward of the Trainer's model was seen "
+                              "in a step; its FLOPs and tokens are not counted.")
+        figures, masks = self._figures, self._masks  # the optimizer step: all its micro-batches
+        real = None if not masks or any(m is None for m in masks) else masks[0] if len(masks) == 1 else sum(masks)
+        self.session.step_end(
+            flops=figures[0] if len(figures) == 1 else add_step_flops(figures),
+            real_tokens=real,
+            step=state.global_step,
+            close=bool(self._every) and state.global_step % self._every == 0,
+        )
+        self._figures, self._masks = [], []
+
+    @guarded
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        session = self.session
+        if logs is None or not session.running:
+            return
+        closing = _hf.is_closing_row(logs)
+        if closing:  # after the last step, before on_train_end: the row holds the finished run's totals
+            self.finish()
+        elif _hf.is_training_row(logs):  # the row's loss is its interval's; the interval ends with the row
+            session.step_end(num_steps=0, loss=logs["loss"], step=state.global_step, close=True)
+        else:
+            return
+        metrics = session.metrics
+        row = state.log_history[-1] if state.log_history else {}
+        if row.get("step") == state.global_step and all(row.get(k) is v for k, v in logs.items()):
+            row.update(metrics)  # the copy the Trainer appended before calling on_log
+        logs.update(metrics)  # what the report_to integrations after this callback log
+        if state.is_world_process_zero:
+            self._to_trackers(files=closing)
+
+    @guarded
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if not self.session.running:
+            return
+        saved = self.session.state_dict()  # every rank: the totals are summed with the collective
+        if not args.should_save:
+            return
+        folder = _hf.checkpoint_dir(args, state)
+        if folder.is_dir():
+            write_json_atomic(folder / STATE_FILE, saved)
+        else:
+            self.session.warn("checkpoint", f"carbon-callbacks: the checkpoint folder {folder} was not found; the "
+                              "checkpoint does not carry the carbon totals, so a run resumed from it starts them anew.")
+
+    @guarded
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self.session.running:  # no closing row was seen
+            self.finish()
+            if state.is_world_process_zero:
+                self._to_trackers(files=True)
+        self._unhook()
+
+    # ------------------------------------------------------------------------------------------- counting
+    def _count_batches(self) -> None:
+        """FLOPs and real tokens of the micro-batches seen since the last call: counted once per batch shape, on
+        fake tensors, after the step (which counting does not change)."""
+        batches, self._batches = self._batches, []
+        for inputs in batches:
+            self._figures.append(self.session.count(
+                batch_key(inputs),
+                lambda inputs=inputs: self._count_step(*inputs),
+                lambda inputs=inputs: token_shape(array_leaves(inputs)),
+            ))
+            mask = attention_mask(inputs[1])
+            self._masks.append(mask.sum() if mask is not None else None)
+
+    def _count_step(self, args, kwargs):
+        model = self._model
+        self._counting = True
+        try:
+            return count_step(model, lambda a, k: model(*a, **k), args, kwargs)
+        finally:
+            self._counting = False
+
+    def _unhook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._batches = []
+
+    # ------------------------------------------------------------------------------------------- trackers, resume
+    def _to_trackers(self, files: bool) -> None:
+        """The run's facts to the active MLflow run's params and W&B run's config (once per run); with `files`, its
+        `run.json` and `report.md` too (the report_to integrations log to those active runs)."""
+        from carbon_callbacks._loggers import attach_to_active_runs, log_params_to_active_runs
+
+        if not self._params_logged:
+            self._params_logged = True
+            log_params_to_active_runs(self.session.params())
+        if files and self.session.run_dir is not None:
+            attach_to_active_runs([self.session.run_dir / name for name in ("run.json", "report.md")])
+
+    def _load(self, path: Path, step: int) -> None:
+        """Continues the totals and folder a checkpoint carries (`on_save`), if it carries them."""
+        if not path.is_file():
+            self.session.warn("resume", f"carbon-callbacks: the run resumes at step {step} from a checkpoint "
+                              f"without {STATE_FILE}; its carbon totals start from this step.")
+            return
+        self.session.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def _reduce_sum(self, values) -> list[float]:
+        """Sums the processes' totals with torch.distributed's all-reduce, as accelerate does (every rank calls)."""
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self._device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+
+def _build_meter(device: torch.device, local_rank: int, **options):
+    """One meter per process that meters each device once: its own GPU; the node's CPU counters by local rank 0."""
+    from carbon_callbacks.meters import create_meter
+
+    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else "auto"
+    # Child processes are other ranks under torchrun: never count their CPU time here.
+    return create_meter(devices=devices, local_rank=local_rank, include_children=False, **options)

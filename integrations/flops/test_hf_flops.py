@@ -15,8 +15,8 @@ from carbon_callbacks.flops import TransformerConfig, count, transformer_flops  
 
 
 def _published() -> dict:
-    """The published config.json dicts of tests/test_flops_hf.py (one copy of them in the repository)."""
-    path = Path(__file__).resolve().parents[2] / "tests" / "test_flops_hf.py"
+    """The published config.json dicts of tests/unit/test_flops_hf.py (one copy of them in the repository)."""
+    path = Path(__file__).resolve().parents[2] / "tests" / "unit" / "test_flops_hf.py"
     spec = importlib.util.spec_from_file_location("_published_hf_configs", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -71,7 +71,7 @@ sdist-check: $(VENV)/.test-installed
 	cd $(SDIST_DIR)/carbon_callbacks-*/ && PYTHONPATH=$(abspath $(SDIST_DIR))/site \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider $(SDIST_TESTS)
 
-# The adapter suites against the newest releases of Lightning, Keras and JAX/Flax (not run by CI): the next
+# The adapter suites against the newest releases of Lightning, Keras, JAX/Flax and transformers (not run by CI): the next
 # release's breakage shows here before users see it. torch stays 2.13.0, the CPU build.
 test-latest:
 	$(PYTHON) -m venv .venv-latest

@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU and a CUDA build of torch:
     python benchmarks/device_check.py [--seconds 20] [--size 8192] [--chip h200]
-It prints a clear message and exits 0 where there is no GPU. On one H200 it takes well under a minute.
+It prints a clear message and exits 0 where there is no GPU. On a recent data-centre GPU it takes well under a minute.
 
 What it does, on CUDA device 0 only:
 1. idle window (2 s), then a bf16 matmul loop for `--seconds`, with three meters open on the same window:

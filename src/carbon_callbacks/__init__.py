@@ -1,8 +1,9 @@
 """carbon-callbacks: the energy and CO2e of neural-network training, next to the loss.
 
 The core imports only the standard library; framework adapters live in `carbon_callbacks.lightning`,
-`carbon_callbacks.keras` and `carbon_callbacks.flax` and import their framework when imported themselves.
-pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those functions are called.
+`carbon_callbacks.keras`, `carbon_callbacks.flax` and `carbon_callbacks.transformers` and import their framework
+when imported themselves. pandas (`load_run`) and matplotlib (`plot_runs`) are imported only when those functions
+are called.
 """
 
 from carbon_callbacks._errors import CarbonCallbacksError

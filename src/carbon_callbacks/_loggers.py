@@ -1,7 +1,9 @@
-"""The run's files, attached where an experiment tracker keeps files: MLflow artifacts, W&B run files.
+"""The run's facts and files, where an experiment tracker keeps them: MLflow params and artifacts, W&B config and
+run files. Used by the adapters on rank 0.
 
-Used by the adapters at a run's end (rank 0), after `run.json` and `report.md` are written. Each function takes
-the tracker's own objects (an `MlflowClient` and a run id, a `wandb` run) so the adapter decides which run.
+Two ways to find the run: `attach` takes a Lightning logger (the adapter knows which run); the `*_active_runs`
+functions use the tracker's active run in this process, for frameworks whose loggers are not reachable objects
+(the Hugging Face Trainer's `report_to` integrations).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_for
 from carbon_callbacks._run.step_flops import array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import trainable_fraction
+from carbon_callbacks.meters._factory import create_rank_meter
 
 _NAMESPACES = _lightning.installed_namespaces()
 import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
@@ -127,7 +128,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
                 "params_source": "counted: module parameters",
             },
             total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
-            meter_factory=lambda **options: _build_meter(root, trainer, **options),
+            meter_factory=lambda **options: create_rank_meter(root, trainer.local_rank, **options),
             device_sync=(lambda _: torch.cuda.synchronize(root)) if root.type == "cuda" else None,
             reduce_sum=self._reduce_sum if trainer.world_size > 1 else None,
         )
@@ -270,12 +271,3 @@ def muted_training_step(module):
                     module.__dict__[name] = value
 
     return training_step
-
-
-def _build_meter(root, trainer, **options):
-    """One meter per rank that meters each device once: its own GPU; the node's CPU counters by local rank 0."""
-    from carbon_callbacks.meters import create_meter
-
-    devices = [root.index if root.index is not None else 0] if root.type == "cuda" else "auto"
-    # Child processes are other ranks under DDP: never count their CPU time here.
-    return create_meter(devices=devices, local_rank=trainer.local_rank, include_children=False, **options)

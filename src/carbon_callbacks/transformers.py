@@ -18,6 +18,7 @@ from carbon_callbacks._run.session import RunSession, guarded, status_for
 from carbon_callbacks._run.step_flops import add_step_flops, array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
+from carbon_callbacks.meters._factory import create_rank_meter
 
 __all__ = ["CarbonCallback"]
 
@@ -146,7 +147,6 @@ class CarbonCallback(_hf.TrainerCallback):
             untraceable_reason=f"{why}, so the step is not counted;",
             trainable=tuple(trainable_fraction(model)),
             default_dir=new_run_dir(Path(args.output_dir) / RUN_SUBDIR),
-            log_every_n_steps=int(state.logging_steps or args.logging_steps or 500),
             world_size=int(args.world_size),
             rank=int(args.process_index),
             info={
@@ -156,7 +156,7 @@ class CarbonCallback(_hf.TrainerCallback):
                 "params_source": "counted: module parameters",
             },
             total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
-            meter_factory=lambda **options: _build_meter(args.device, args.local_process_index, **options),
+            meter_factory=lambda **options: create_rank_meter(args.device, args.local_process_index, **options),
             device_sync=(lambda _: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else None,
             reduce_sum=self._reduce_sum if multi else None,
         )
@@ -283,12 +283,3 @@ class CarbonCallback(_hf.TrainerCallback):
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self._device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
-
-
-def _build_meter(device: torch.device, local_rank: int, **options):
-    """One meter per process that meters each device once: its own GPU; the node's CPU counters by local rank 0."""
-    from carbon_callbacks.meters import create_meter
-
-    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else "auto"
-    # Child processes are other ranks under torchrun: never count their CPU time here.
-    return create_meter(devices=devices, local_rank=local_rank, include_children=False, **options)

@@ -1,6 +1,6 @@
 """What the Keras adapter reads from inside Keras 3, beyond its documented callback API.
 
-Checked against keras 3.8 to 3.15.1 on the TensorFlow, JAX and torch backends. Internals used, each in one
+Checked against keras 3.11.0 to 3.15.1 on the TensorFlow, JAX and torch backends. Internals used, each in one
 function below: the `CallbackList` that calls `Callback.set_model` (to run before the loggers), `Model.train_function`
 (set by `make_train_function` at `fit`'s start; wrapped for the fit to see each batch on its way in) and the
 loss metric's sample count `Model._loss_tracker.count` (the TensorFlow backend's batch sizes).
@@ -8,15 +8,14 @@ loss metric's sample count `Model._loss_tracker.count` (the TensorFlow backend's
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import keras
 
-from carbon_callbacks._compat import missing
+from carbon_callbacks._compat import missing, move_to_front
 
-_CHECKED = "keras 3.8 to 3.15.1"
+_CHECKED = "keras 3.11.0 to 3.15.1"
 
 
 def replicas(model) -> tuple[int, int]:
@@ -64,19 +63,7 @@ def run_first(callback) -> list[str] | None:
         The class names of the callbacks that were before it (empty if none), or `None` when no `CallbackList` is
         calling (a `set_model` called by hand, or a Keras that no longer calls it from its list).
     """
-    frame = sys._getframe(1)
-    for _ in range(8):
-        if frame is None:
-            break
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, keras.callbacks.CallbackList) and callback in owner.callbacks:
-            index = owner.callbacks.index(callback)
-            before = [type(c).__name__ for c in owner.callbacks[:index]]
-            if index:
-                owner.callbacks.insert(0, owner.callbacks.pop(index))
-            return before
-        frame = frame.f_back
-    return None
+    return move_to_front(callback, keras.callbacks.CallbackList)
 
 
 def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None]):

@@ -1,6 +1,6 @@
 """What the Lightning adapter needs from Lightning beyond its documented callback API.
 
-Checked against pytorch-lightning 2.0.9 to 2.6.6 and lightning 2.4 to 2.6 (`lightning.pytorch`).
+Checked against pytorch-lightning and lightning (`lightning.pytorch`) 2.0.9 to 2.6.6.
 
 Lightning ships one code base under two names: `pytorch_lightning` and the unified `lightning.pytorch`. A Trainer
 accepts only callbacks of its own namespace's `Callback`, and a user may have either installed, or both. The

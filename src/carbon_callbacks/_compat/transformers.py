@@ -2,9 +2,9 @@
 
 Checked against transformers 5.24.0 (run by the tests, with accelerate 1.15.0) and the source of 4.46.1 (the `hf`
 extra's floor), which call the hooks, log the rows and name the checkpoints the same way. Everything else the
-adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `logging_steps`,
-`world_size`, `process_index`, `local_process_index`, `device`, `should_save`) and `TrainerState` (`global_step`,
-`logging_steps`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one function each:
+adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `world_size`,
+`process_index`, `local_process_index`, `device`, `should_save`, `deepspeed`, `fsdp`) and `TrainerState`
+(`global_step`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one function each:
 
 - the `CallbackHandler` calling a hook, and its `callbacks` list (`run_first`), so the adapter runs before the
   `report_to` integrations that the Trainer puts ahead of user callbacks;
@@ -21,15 +21,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from carbon_callbacks._compat import missing
+from carbon_callbacks._compat import missing, move_to_front
 
 try:
     import transformers
     from transformers import TrainerCallback, trainer_callback, trainer_utils  # noqa: F401  (the adapter's base)
 except ImportError:
     raise ImportError(
-        "carbon_callbacks.transformers needs transformers 5 with accelerate: pip install 'carbon-callbacks[hf]' (or "
-        "pip install transformers accelerate)."
+        "carbon_callbacks.transformers needs transformers 4.46.1 or newer, whose Trainer needs accelerate: pip "
+        "install 'carbon-callbacks[hf]' accelerate."
     ) from None
 
 CHECKED = "transformers 4.46.1 to 5.24.0"
@@ -51,7 +51,7 @@ def run_first(callback) -> list[str] | None:
 
     `CallbackHandler.call_event` hands one `logs` dict to `self.callbacks` in list order, and `Trainer.__init__`
     puts the integrations first. Moving the callback being called to the front keeps every other callback's order
-    and, as the loop is past it, skips or repeats none (the same move as `_compat.keras.run_first`).
+    and, as the loop is past it, skips or repeats none (`move_to_front`, as for Keras).
 
     Returns:
         The class names of the callbacks that were before it (empty if none), or `None` when no handler is
@@ -62,20 +62,7 @@ def run_first(callback) -> list[str] | None:
         missing("transformers", "trainer_callback.CallbackHandler", CHECKED, "the carbon/* keys reach only the "
                 "loggers after the callback, and always Trainer.state.log_history.")
         return None
-    frame = sys._getframe(1)
-    for _ in range(_FRAMES):
-        if frame is None:
-            break
-        owner = frame.f_locals.get("self")
-        callbacks = getattr(owner, "callbacks", None)
-        if isinstance(owner, handler_type) and isinstance(callbacks, list) and callback in callbacks:
-            index = callbacks.index(callback)
-            before = [type(c).__name__ for c in callbacks[:index]]
-            if index:
-                callbacks.insert(0, callbacks.pop(index))
-            return before
-        frame = frame.f_back
-    return None
+    return move_to_front(callback, handler_type, frames=_FRAMES)
 
 
 def resumed_from(args, state) -> Path:

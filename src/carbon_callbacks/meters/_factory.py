@@ -147,3 +147,11 @@ def create_meter(
         for note in meter.notes:
             logger.info("meter: %s", note)
     return meters[0] if len(meters) == 1 else CompositeMeter(meters)
+
+
+def create_rank_meter(device, local_rank: int, **options) -> Meter:
+    """The meter of one rank of a torch job that meters each device once: the rank's own GPU (`device`, a
+    `torch.device`: its `type` and `index`), and the node's CPU counters by local rank 0 only. Other ranks are child
+    processes under DDP or torchrun, so their CPU time is never counted here."""
+    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else "auto"
+    return create_meter(devices=devices, local_rank=local_rank, include_children=False, **options)

@@ -12,12 +12,13 @@ FLOOR_BIN := $(FLOOR_VENV)/bin
 # package beside `pytorch-lightning`.
 BACKENDS := tensorflow-cpu lightning
 # What the floor job runs: the unit tests that the floors of pandas, matplotlib and NVML serve, and each adapter's
-# fits (Lightning, Keras on every backend, Flax, Hugging Face models through Lightning, reports of real runs). The
-# loggers' clients, parity, DDP and the FLOP-count suites run in `make test` only.
+# fits (Lightning, Keras on every backend, Flax, Hugging Face models through Lightning and the Trainer, reports of
+# real runs). The loggers' clients, parity, Lightning DDP and the FLOP-count suites run in `make test` only.
 FLOOR_TESTS := tests/unit/test_packaging.py tests/unit/test_import.py tests/unit/test_meters_nvml.py \
 	tests/unit/test_report.py tests/unit/test_whatif.py integrations/lightning/test_lightning_callback.py \
 	integrations/lightning/test_lightning_unified.py integrations/keras integrations/flax/test_flax_linen.py \
-	integrations/hf/test_hf_lightning.py integrations/reports
+	integrations/hf/test_hf_lightning.py integrations/hf/test_hf_trainer.py integrations/hf/test_hf_trainer_ddp.py \
+	integrations/reports
 # The unit tests run from the unpacked sdist: packaging, the bundled tables, the benchmarks script.
 SDIST_TESTS := tests/unit/test_packaging.py tests/unit/test_import.py tests/unit/test_tables_site.py \
 	tests/unit/test_paper_architectures.py
@@ -39,7 +40,7 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
 $(FLOOR_VENV)/.installed: pyproject.toml constraints-floor.txt
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_BIN)/python -m pip install --quiet -c constraints-floor.txt -e ".[all]" $(BACKENDS) pytest build
+	$(FLOOR_BIN)/python -m pip install --quiet -c constraints-floor.txt -e ".[all]" $(BACKENDS) accelerate pytest build
 	touch $@
 
 demo: $(VENV)/.demo-installed
@@ -54,8 +55,9 @@ unit: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q tests
 
 # The oldest version of every extra (constraints-floor.txt), in an environment of their own.
+# USE_TF=0: transformers 4.46 refuses to import its TensorFlow side next to Keras 3 (it asks for tf-keras).
 floor: $(FLOOR_VENV)/.installed
-	$(FLOOR_BIN)/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+	USE_TF=0 $(FLOOR_BIN)/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # The sdist holds what the tests need: build it and a wheel from it, check the sdist's files, then run tests of the
 # unpacked sdist against that wheel.

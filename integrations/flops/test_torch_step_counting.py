@@ -324,6 +324,39 @@ def test_a_step_without_gradient_counts_its_forward_and_says_so():
     assert result.total == result.executed > 0
 
 
+class MaskBranch(torch.nn.Module):
+    """Chooses its path from the values of its batch, as transformers before 4.53 do (`torch.all(mask == 1)` picks
+    the causal attention kernel), and writes into its labels in place."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(VOCAB, 16)
+        self.full, self.padded = torch.nn.Linear(16, 16), torch.nn.Linear(16, 64)
+
+    def forward(self, input_ids, attention_mask, labels):
+        x = self.embed(input_ids)
+        x = self.full(x) if bool(torch.all(attention_mask == 1)) else self.padded(x)[..., :16]
+        labels.masked_fill_(attention_mask == 0, 0)
+        return (x.sum(-1) * labels).float().mean()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["all-ones", "padded"])
+def test_a_step_that_reads_its_batch_values_counts_on_fake_tensors(padded):
+    model = MaskBranch()
+    batch = hf_batch()
+    if not padded:
+        batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["labels"] = batch["labels"].clone()
+    before = {k: v.clone() for k, v in batch.items()}
+    result = count_step(model, lambda b: model(**b), batch, fallback=None)
+    assert result.method == METHOD_FAKE
+    assert all(torch.equal(batch[k], before[k]) for k in batch)  # the real batch is never written
+    reference = copy.deepcopy(model)
+    assert result.total == real_flops(lambda b: reference(**b), {k: v.clone() for k, v in batch.items()})
+    assert_no_global_state()
+
+
 def test_bf16_autocast_inside_the_step_counts_as_fp32():
     model = llama()
     batch = hf_batch()

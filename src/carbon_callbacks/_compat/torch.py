@@ -101,12 +101,15 @@ def may_decompose(op) -> bool:
     return _composite_implicit in getattr(op, "py_kernels", ()) or bool(_has_kernel(op.name(), _composite_implicit))
 
 
-def fake_tensor_mode():
+def fake_tensor_mode(constant_numel: int = 0):
     """A new `FakeTensorMode` that turns the real tensors it meets into fake ones, or `None`.
 
     Reads `torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)` (checked on torch 2.13.0).
     Real tensors that reach an op inside the mode (plain tensor attributes, tensors in closures) are copied to
     fake ones for that op; the real ones are never written.
+
+    The mode also keeps the values of integer and boolean tensors of up to `constant_numel` elements computed
+    from constant fakes (`fake_constant`): its `may_turn_const`, which torch limits to one element.
 
     Fallback when missing: `None`; `count_step` then runs the step for real (its `fallback="real"`).
     """
@@ -116,7 +119,33 @@ def fake_tensor_mode():
         missing("torch", "torch._subclasses.fake_tensor.FakeTensorMode", CHECKED,
                 "training steps are counted by running them for real (one extra step per batch shape).")
         return None
-    return FakeTensorMode(allow_non_fake_inputs=True)
+
+    class ConstantIndexMode(FakeTensorMode):
+        def may_turn_const(self, t: torch.Tensor) -> bool:
+            small_index = (not t.is_floating_point() and not t.is_complex() and t.numel() <= constant_numel
+                           and not self.is_our_fake(t) and t.device.type != "meta" and t.layout == torch.strided)
+            return small_index or super().may_turn_const(t)
+
+    return ConstantIndexMode(allow_non_fake_inputs=True)
+
+
+def fake_constant(mode, tensor: torch.Tensor) -> torch.Tensor:
+    """A fake of an integer or boolean `tensor` (token ids, an attention mask) that keeps a copy of its values.
+
+    Reads `FakeTensorMode.fake_tensor_converter.from_real_tensor(..., make_constant=True)` (checked on torch
+    2.13.0). Ops whose inputs are all such constants run for real on the copies, so a value read back from them
+    (`bool(torch.all(mask == 1))`, as transformers before 4.53 do to choose the attention path) has its real
+    answer instead of stopping the count; everything they meet that is not constant stays fake.
+
+    Fallback when missing: a plain fake (`mode.from_tensor`): a step that reads such a value runs for real.
+    """
+    converter = getattr(mode, "fake_tensor_converter", None)
+    make = getattr(converter, "from_real_tensor", None)
+    if make is None:
+        missing("torch", "FakeTensorMode.fake_tensor_converter.from_real_tensor", CHECKED,
+                "a step that reads a value of its batch (an attention mask's) is counted by running it for real.")
+        return mode.from_tensor(tensor)
+    return make(mode, tensor.detach().clone(), make_constant=True)
 
 
 def is_fake(value: object) -> bool:

@@ -8,10 +8,12 @@ bound method of the module (`training_step`) or a closure over it, which a copy 
 copy of a LightningModule would copy its trainer. Whatever else the step touches (a plain tensor attribute, a
 tensor in a closure) is turned into a fake copy by the mode when an op first reads it.
 
-What the count cannot reach makes it run the step once for real instead (`fallback="real"`): an op with no
-fake implementation (a custom op without `register_fake`), a value read back from a tensor (`.item()`, a Python
-`if` on a tensor), a private torch API that is gone. That run keeps the RNG state, the buffers and the `.grad`
-of every parameter as they were, and says so in `FlopCount.method` and `.warnings`.
+What the count cannot reach makes it run the step once for real instead (`fallback="real"`): an op with no fake
+implementation (a custom op without `register_fake`), a value read back from a weight or activation (`.item()`, a
+Python `if` on a tensor), a private torch API that is gone. That run keeps the RNG state, the buffers and the
+`.grad` of every parameter as they were, and says so in `FlopCount.method` and `.warnings`. The batch's integer
+and boolean tensors (token ids, masks, labels) keep copies of their values, so a step that branches on them still
+counts on fakes.
 
 Compiled modules are counted uncompiled: `torch.compile`d submodules are swapped for the modules they wrap and
 any other compiled function runs eagerly (`torch.compiler.set_stance("force_eager")`) while counting, so Dynamo
@@ -199,7 +201,9 @@ def sharded(module: torch.nn.Module) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the two counts
 def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
-    mode = torch_compat.fake_tensor_mode()
+    # Token ids, masks and labels keep their values (small next to the model): a step that branches on them counts.
+    largest_index = max((t.numel() for t in _tensors(inputs) if _is_index(t)), default=0)
+    mode = torch_compat.fake_tensor_mode(constant_numel=largest_index)
     if mode is None:
         raise RuntimeError("torch has no FakeTensorMode")
     tensors = dict(root.named_parameters(remove_duplicate=False))
@@ -208,7 +212,8 @@ def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCo
     swap = torch_compat.reparametrized(root, fakes)
     if swap is None:
         raise RuntimeError("torch cannot swap a module's parameters")
-    fake_inputs = _map_tensors(inputs, mode.from_tensor)
+    fake_inputs = _map_tensors(inputs, lambda t: torch_compat.fake_constant(mode, t) if _is_index(t)
+                               else mode.from_tensor(t))
     counter = new_counter(root)
     with swap, mode, counter:
         notes = _forward_backward(step, fake_inputs)
@@ -342,6 +347,11 @@ def _tensors(obj, depth: int = 0):
         values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
         for value in values:
             yield from _tensors(value, depth + 1)
+
+
+def _is_index(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` holds integers or booleans (token ids, an attention mask, labels)."""
+    return not tensor.is_floating_point() and not tensor.is_complex()
 
 
 def _reason(err: BaseException) -> str:

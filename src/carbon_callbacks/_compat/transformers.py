@@ -1,10 +1,11 @@
 """What the Hugging Face `Trainer` adapter reads from inside `transformers`, beyond its documented callback API.
 
-Checked against transformers 5.24.0 (run by the tests, with accelerate 1.15.0) and the source of 4.46.1 (the `hf`
-extra's floor), which call the hooks, log the rows and name the checkpoints the same way. Everything else the
-adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments` (`output_dir`, `world_size`,
-`process_index`, `local_process_index`, `device`, `should_save`, `deepspeed`, `fsdp`) and `TrainerState`
-(`global_step`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one function each:
+Checked against transformers 4.46.1 (the `hf` extra's floor, with accelerate 1.1.1: `make floor`) and 5.24.0 (with
+accelerate 1.15.0: `make test`), which call the hooks, log the rows and name the checkpoints the same way.
+Everything else the adapter uses is the documented `TrainerCallback` API: the hooks, `TrainingArguments`
+(`output_dir`, `world_size`, `process_index`, `local_process_index`, `device`, `should_save`, `deepspeed`, `fsdp`)
+and `TrainerState` (`global_step`, `max_steps`, `log_history`, `is_world_process_zero`). Internals used, one
+function each:
 
 - the `CallbackHandler` calling a hook, and its `callbacks` list (`run_first`), so the adapter runs before the
   `report_to` integrations that the Trainer puts ahead of user callbacks;

@@ -35,7 +35,6 @@ def lightning(out: Path) -> None:
     import pytorch_lightning as pl
     import torch
 
-    from carbon_callbacks.lightning import CarbonCallback
     from carbon_callbacks.models.torch_gpt import GPT, loss_fn
 
     class Module(pl.LightningModule):
@@ -54,12 +53,21 @@ def lightning(out: Path) -> None:
     data = torch.randint(0, CONFIG.vocab_size, (STEPS * CONFIG.batch_size, CONFIG.seq_len + 1),
                          generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(list(zip(data[:, :-1], data[:, 1:])), batch_size=CONFIG.batch_size)
+    lightning_ok_and_failed(out, Module, loader)
+
+
+def lightning_ok_and_failed(out: Path, module_type, loader) -> None:
+    """Two Lightning fits of `module_type`: one to the end (`out/ok`), one failing at step FAIL_AT (`out/failed`)."""
+    import pytorch_lightning as pl
+
+    from carbon_callbacks.lightning import CarbonCallback
+
     for name, fail_at in (("ok", None), ("failed", FAIL_AT)):
         trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
                              callbacks=[CarbonCallback(**SITE, meter=meter(), output_dir=out / name)])
         try:
-            trainer.fit(Module(fail_at), loader)
+            trainer.fit(module_type(fail_at), loader)
         except UserError:
             pass
 
@@ -85,7 +93,6 @@ def lightning_gpt2(out: Path) -> None:
     import torch
     import transformers
 
-    from carbon_callbacks.lightning import CarbonCallback
 
     class Module(pl.LightningModule):
         def __init__(self, fail_at=None):
@@ -102,14 +109,7 @@ def lightning_gpt2(out: Path) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     loader = torch.utils.data.DataLoader(gpt2_examples(), batch_size=CONFIG.batch_size)
-    for name, fail_at in (("ok", None), ("failed", FAIL_AT)):
-        trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                             enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
-                             callbacks=[CarbonCallback(**SITE, meter=meter(), output_dir=out / name)])
-        try:
-            trainer.fit(Module(fail_at), loader)
-        except UserError:
-            pass
+    lightning_ok_and_failed(out, Module, loader)
 
 
 def hf(out: Path) -> None:

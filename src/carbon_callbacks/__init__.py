@@ -6,113 +6,79 @@ when imported themselves. pandas (`load_run`) and matplotlib (`plot_runs`) are i
 are called.
 """
 
-from carbon_callbacks._errors import CarbonCallbacksError
-from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._errors import UnknownNameError
-from carbon_callbacks._paper.architectures import ArchitectureFlops
-from carbon_callbacks._paper.architectures import PaperModel
-from carbon_callbacks._paper.architectures import architecture_flops
-from carbon_callbacks._paper.architectures import get_paper_model
-from carbon_callbacks._paper.architectures import paper_models
-from carbon_callbacks._paper.embodied import embodied_co2e
-from carbon_callbacks._paper.estimate import Estimate
-from carbon_callbacks._paper.estimate import estimate
-from carbon_callbacks._paper.table4 import reproduce_from_architectures
-from carbon_callbacks._paper.table4 import reproduce_table4
-from carbon_callbacks._reports.frames import load_run
-from carbon_callbacks._reports.plot import plot_runs
-from carbon_callbacks._reports.projection import Projection
-from carbon_callbacks._reports.projection import project
-from carbon_callbacks._reports.projection import project_run
-from carbon_callbacks._reports.report import RunReport
-from carbon_callbacks._reports.report import format_report
-from carbon_callbacks._reports.report import read_report
-from carbon_callbacks._reports.whatif import Scenario
-from carbon_callbacks._reports.whatif import whatif
-from carbon_callbacks._run.accountant import Accountant
-from carbon_callbacks._run.files import read_run
-from carbon_callbacks._run.session import METRIC_KEYS
-from carbon_callbacks._run.session import RunSession
-from carbon_callbacks._run.step_flops import StepFlops
-from carbon_callbacks._site.site import Site
-from carbon_callbacks._site.site import resolve_site
-from carbon_callbacks._site.tables import Chip
-from carbon_callbacks._site.tables import PueEntry
-from carbon_callbacks._site.tables import Region
-from carbon_callbacks._site.tables import get_chip
-from carbon_callbacks._site.tables import get_pue
-from carbon_callbacks._site.tables import get_region
+from carbon_callbacks._errors import CarbonCallbacksError as CarbonCallbacksError
+from carbon_callbacks._errors import InvalidInputError as InvalidInputError
+from carbon_callbacks._errors import UnknownNameError as UnknownNameError
 from carbon_callbacks._version import __version__  # noqa: F401 - the package version
-from carbon_callbacks.flops import MOE_IMPLEMENTATIONS
-from carbon_callbacks.flops import FlopCount
-from carbon_callbacks.flops import TransformerConfig
-from carbon_callbacks.flops import TransformerFlops
-from carbon_callbacks.flops import transformer_flops
-from carbon_callbacks.flops import count as count_flops
-from carbon_callbacks.meters import COMPONENTS
-from carbon_callbacks.meters import ConstantPowerMeter
-from carbon_callbacks.meters import Measurement
-from carbon_callbacks.meters import Meter
-from carbon_callbacks.meters import MeterBase
-from carbon_callbacks.meters import ReplayMeter
-from carbon_callbacks.meters import create_meter
 
+#: Every other public name -> the submodule that defines it (and its name there, where it differs). Each is imported
+#: on first use, so `import carbon_callbacks` costs the errors and the version alone.
+_PUBLIC = {
+    "Accountant": "_run.accountant",
+    "ArchitectureFlops": "_paper.architectures",
+    "COMPONENTS": "meters",
+    "Chip": "_site.tables",
+    "ConstantPowerMeter": "meters",
+    "Estimate": "_paper.estimate",
+    "FlopCount": "flops",
+    "METRIC_KEYS": "_run.session",
+    "MOE_IMPLEMENTATIONS": "flops",
+    "Measurement": "meters",
+    "Meter": "meters",
+    "MeterBase": "meters",
+    "PaperModel": "_paper.architectures",
+    "Projection": "_reports.projection",
+    "PueEntry": "_site.tables",
+    "Region": "_site.tables",
+    "ReplayMeter": "meters",
+    "RunReport": "_reports.report",
+    "RunSession": "_run.session",
+    "Scenario": "_reports.whatif",
+    "Site": "_site.site",
+    "StepFlops": "_run.step_flops",
+    "TransformerConfig": "flops",
+    "TransformerFlops": "flops",
+    "architecture_flops": "_paper.architectures",
+    "count_flops": ("flops", "count"),
+    "create_meter": "meters",
+    "embodied_co2e": "_paper.embodied",
+    "estimate": "_paper.estimate",
+    "format_report": "_reports.report",
+    "get_chip": "_site.tables",
+    "get_paper_model": "_paper.architectures",
+    "get_pue": "_site.tables",
+    "get_region": "_site.tables",
+    "load_run": "_reports.frames",
+    "paper_models": "_paper.architectures",
+    "plot_runs": "_reports.plot",
+    "project": "_reports.projection",
+    "project_run": "_reports.projection",
+    "read_report": "_reports.report",
+    "read_run": "_run.files",
+    "reproduce_from_architectures": "_paper.table4",
+    "reproduce_table4": "_paper.table4",
+    "resolve_site": "_site.site",
+    "transformer_flops": "flops",
+    "whatif": "_reports.whatif",
+}
 
-__all__ = [
-    "Accountant",
-    "ArchitectureFlops",
-    "COMPONENTS",
-    "CarbonCallbacksError",
-    "Chip",
-    "ConstantPowerMeter",
-    "Estimate",
-    "FlopCount",
-    "InvalidInputError",
-    "METRIC_KEYS",
-    "MOE_IMPLEMENTATIONS",
-    "Measurement",
-    "Meter",
-    "MeterBase",
-    "PaperModel",
-    "Projection",
-    "PueEntry",
-    "Region",
-    "ReplayMeter",
-    "RunReport",
-    "RunSession",
-    "Scenario",
-    "Site",
-    "StepFlops",
-    "TransformerConfig",
-    "TransformerFlops",
-    "UnknownNameError",
-    "architecture_flops",
-    "count_flops",
-    "create_meter",
-    "embodied_co2e",
-    "estimate",
-    "format_report",
-    "get_chip",
-    "get_paper_model",
-    "get_pue",
-    "get_region",
-    "load_run",
-    "paper_models",
-    "plot_runs",
-    "project",
-    "project_run",
-    "read_report",
-    "read_run",
-    "reproduce_from_architectures",
-    "reproduce_table4",
-    "resolve_site",
-    "transformer_flops",
-    "whatif",
-]
+__all__ = sorted(["CarbonCallbacksError", "InvalidInputError", "UnknownNameError", *_PUBLIC])
 
 
 def __getattr__(name: str):
-    """Old names still work for a while, with a warning that names the replacement (see `_deprecations`)."""
+    """Imports a public name from its submodule on first use; old names still work for a while, with a warning
+    that names the replacement (see `_deprecations`)."""
+    if name in _PUBLIC:
+        import importlib
+
+        module, attribute = (_PUBLIC[name], name) if isinstance(_PUBLIC[name], str) else _PUBLIC[name]
+        value = getattr(importlib.import_module(f"carbon_callbacks.{module}"), attribute)
+        globals()[name] = value
+        return value
     from carbon_callbacks._deprecations import renamed
 
-    return renamed(name, globals())
+    return renamed(name, __getattr__)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

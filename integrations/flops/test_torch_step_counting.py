@@ -325,7 +325,7 @@ def test_a_step_without_gradient_counts_its_forward_and_says_so():
 
 
 class MaskBranch(torch.nn.Module):
-    """Chooses its path from the values of its batch, as transformers before 4.53 do (`torch.all(mask == 1)` picks
+    """Chooses its path from the values of its batch, as transformers 4.46 does (`torch.all(mask == 1)` picks
     the causal attention kernel), and writes into its labels in place."""
 
     def __init__(self):

@@ -134,7 +134,7 @@ def fake_constant(mode, tensor: torch.Tensor) -> torch.Tensor:
 
     Reads `FakeTensorMode.fake_tensor_converter.from_real_tensor(..., make_constant=True)` (checked on torch
     2.13.0). Ops whose inputs are all such constants run for real on the copies, so a value read back from them
-    (`bool(torch.all(mask == 1))`, as transformers before 4.53 do to choose the attention path) has its real
+    (`bool(torch.all(mask == 1))`, as transformers 4.46 does to choose the attention path) has its real
     answer instead of stopping the count; everything they meet that is not constant stays fake.
 
     Fallback when missing: a plain fake (`mode.from_tensor`): a step that reads such a value runs for real.

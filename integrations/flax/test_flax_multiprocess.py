@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,10 @@ import pytest
 from carbon_callbacks import read_run
 
 from flax_support import mlp_step_flops
+from processes import free_port
 
 HERE = Path(__file__).resolve().parent
 J_PER_KWH = 3.6e6
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from processes import free_port
 
 SCRIPT = Path(__file__).with_name("sharded_count.py")
 
@@ -63,9 +64,7 @@ def test_keras_data_parallel_counts_the_global_batch():
 def test_two_processes_on_one_mesh_each_count_the_global_step():
     """Every process traces the same global step (its arrays span both processes' devices): each count is the
     global step's, and `Placement.processes` says so, so an adapter can take this process's share."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(SCRIPT), "processes", str(port), str(rank)], env=_env(2),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     results = []

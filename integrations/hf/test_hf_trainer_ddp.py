@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from trainer_ddp_worker import BATCH, JOULES, LENGTH, LOGGING_STEPS, SITE, STEPS, config  # noqa: E402
 
+from processes import free_port  # noqa: E402
+
 J_PER_KWH = 3.6e6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -27,7 +27,6 @@ import contextlib
 import io
 import logging
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +35,8 @@ import torch
 import transformers
 
 from carbon_callbacks.transformers import CarbonCallback
+
+from _interleaved import configs_with_codecarbon, interleaved
 
 #: The GPT-2 and its batches: a few ms per training step on one core of a 2020s x86 CPU.
 LAYERS, D_MODEL, HEADS, VOCAB, BATCH, LENGTH = 2, 64, 4, 256, 8, 32
@@ -139,24 +140,9 @@ def main() -> None:
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    configs = ["baseline", "carbon-callbacks"]
-    try:
-        import codecarbon
-
-        configs.append("codecarbon")
-        codecarbon_version = codecarbon.__version__
-    except ImportError:
-        codecarbon_version = None
-        print("codecarbon is not installed: its column is skipped (pip install codecarbon to include it).")
-
-    results: dict[str, list[dict]] = {c: [] for c in configs}
-    with tempfile.TemporaryDirectory() as tmp:
-        run_once("baseline", 20, Path(tmp) / "warmup", args.country, args.intensity, args.logging_steps)
-        for repeat in range(args.repeats):
-            for config in configs:
-                root = Path(tmp) / f"{config}-{repeat}"
-                results[config].append(run_once(config, args.steps, root, args.country, args.intensity,
-                                                args.logging_steps))
+    configs, codecarbon_version = configs_with_codecarbon()
+    results = interleaved(lambda config, steps, root: run_once(config, steps, root, args.country, args.intensity,
+                                                               args.logging_steps), configs, args.steps, args.repeats)
 
     def med(config: str, key: str) -> float:
         return statistics.median(r[key] for r in results[config])

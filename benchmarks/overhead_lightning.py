@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +32,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from carbon_callbacks.lightning import CarbonCallback
+
+from _interleaved import configs_with_codecarbon, interleaved
 
 #: Widths of the MLP and the batch: about 10 ms per training step on one core of a 2020s x86 CPU.
 D_IN, D_HIDDEN, BATCH = 256, 512, 128
@@ -144,23 +145,9 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    configs = ["baseline", "carbon-callbacks"]
-    try:
-        import codecarbon
-
-        configs.append("codecarbon")
-        codecarbon_version = codecarbon.__version__
-    except ImportError:
-        codecarbon_version = None
-        print("codecarbon is not installed: its column is skipped (pip install codecarbon to include it).")
-
-    results: dict[str, list[dict]] = {c: [] for c in configs}
-    with tempfile.TemporaryDirectory() as tmp:
-        run_once("baseline", 20, Path(tmp) / "warmup", args.country, args.intensity)  # imports, allocator
-        for repeat in range(args.repeats):
-            for config in configs:
-                root = Path(tmp) / f"{config}-{repeat}"
-                results[config].append(run_once(config, args.steps, root, args.country, args.intensity))
+    configs, codecarbon_version = configs_with_codecarbon()
+    results = interleaved(lambda config, steps, root: run_once(config, steps, root, args.country, args.intensity),
+                          configs, args.steps, args.repeats)
 
     def med(config: str, key: str) -> float:
         return statistics.median(r[key] for r in results[config])

@@ -8,11 +8,13 @@ is imported only when an NVML fake is used, so the unit tests import no optional
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
+import threading
 import types
 from unittest import mock
 
-from carbon_callbacks.meters import ReplayMeter
+from carbon_callbacks.meters import MeterBase, ReplayMeter
 
 MAX_UJ = 262143328850
 
@@ -165,3 +167,44 @@ class FixedMeter(ReplayMeter):
         if self.fail_after is not None and self.windows_ended > self.fail_after:
             raise OSError("sensor unplugged")
         return measurement
+
+
+class BadReadingMeter(FixedMeter):
+    """A sensor that hands back a bad number: windows listed in `bad` (1-based) read `value` joules instead."""
+
+    def __init__(self, value: float, bad, joules: float = 90.0, seconds: float = 3.0) -> None:
+        super().__init__(joules=joules, seconds=seconds)
+        self.value, self.bad = value, set(bad)
+
+    def end_window(self, key):
+        measurement = super().end_window(key)
+        if self.windows_ended in self.bad:
+            return dataclasses.replace(measurement, energy_j={"gpu": self.value})
+        return measurement
+
+
+class CounterSensor(MeterBase):
+    """A GPU energy counter the test drives: `joules` and the clock `now` move by hand; a read of a window listed in
+    `block` (1-based, counting window ends) waits for `release` (or `block_s`), as a hung driver call would."""
+
+    def __init__(self, block=(), block_s: float = 30.0) -> None:
+        self.joules, self.now = 0.0, 0.0
+        super().__init__(clock=lambda: self.now)
+        self.block, self.block_s = set(block), block_s
+        self.release = threading.Event()
+        self.ends = 0
+
+    def _read(self):
+        return {"gpu:0": self.joules}
+
+    def _component(self, device):
+        return "gpu"
+
+    def _method(self, device):
+        return "measured:nvml"
+
+    def end_window(self, key):
+        self.ends += 1
+        if self.ends in self.block:
+            self.release.wait(self.block_s)
+        return super().end_window(key)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -183,17 +187,29 @@ def test_a_failing_flop_count_warns_once_and_training_goes_on(tmp_path, monkeypa
     assert closed(step)["total_model_flops"] is None
 
 
-def test_the_run_is_closed_at_interpreter_exit_unless_closed_before(tmp_path, monkeypatch):
-    registered = []
-    monkeypatch.setattr(cflax.atexit, "register", registered.append)
-    monkeypatch.setattr(cflax.atexit, "unregister", registered.remove)
-    step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=tmp_path)
-    run(step, 3)
-    assert len(registered) == 1
-    registered[0]()  # what the interpreter runs at exit
-    assert registered == []
+EXITS_OPEN = """
+import sys
+from carbon_callbacks.flax import track
+from flax_support import SITE, FixedMeter, batch, linen_state, make_linen_step
+step = track(make_linen_step(), **SITE, meter=FixedMeter(), log_every_n_steps=2, output_dir=sys.argv[1])
+state, xy = linen_state(), batch()
+for _ in range(3):
+    state, _ = step(state, xy)
+if sys.argv[2] == "close":
+    step.close()
+"""
+
+
+@pytest.mark.parametrize("closing", ["close", "leave open"])
+def test_the_run_is_closed_at_interpreter_exit_unless_closed_before(tmp_path, closing):
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parents[1] / "tests"), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", EXITS_OPEN, str(tmp_path), closing], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     summary, _ = read_run(tmp_path)
-    assert summary["steps"] == 3 and summary["status"] == "finished"
+    assert summary["steps"] == 3 and summary["status"] == "finished"  # no exception: the run completed
+    assert proc.stdout.count("carbon-callbacks: 3 steps, status finished") == 1  # ended once
 
 
 def test_default_run_directory_is_timestamped_under_carbon_runs(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ _PUBLIC = {
     "project": "_reports.projection",
     "project_run": "_reports.projection",
     "read_report": "_reports.report",
-    "read_run": "_run.files",
+    "read_run": "_record.reader",
     "reproduce_from_architectures": "_paper.table4",
     "reproduce_table4": "_paper.table4",
     "resolve_site": "_site.site",

@@ -148,9 +148,9 @@ def main(*, output_dir: str | Path = "demo-output", region: str = REGION, pue: f
     import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import; quieted below)
     import torch
 
+    from carbon_callbacks._record.reader import read_run
     from carbon_callbacks._reports.plot import plot_runs
     from carbon_callbacks._reports.whatif import format_whatif, whatif
-    from carbon_callbacks._run.files import read_run
 
     # One intra-op thread: these matmuls are tiny, and spare threads spin-waiting on a busy machine cost 10x.
     torch.set_num_threads(1)

@@ -9,7 +9,6 @@ step's outputs, reads the meter and, with several processes, sums the totals acr
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_count
-from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.session import RunSession, guarded
 from carbon_callbacks._run.step_flops import StepFlops, attention_mask, find_model_config, token_shape
 from carbon_callbacks._run.step_output import add_metrics, find_loss
 
@@ -127,11 +126,11 @@ class TrackedStep:
             num_chips=_jax.chips_of(args),
             device_sync=_jax.block,
             reduce_sum=_jax.process_sum if jax.process_count() > 1 else None,
+            end=lambda signum: self.close("interrupted" if signum is not None else None),
         )
         # Only entries compiled while we watch can be attributed to a signature we saw.
         self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0
         self._only, self._last_cache_size = None, None
-        atexit.register(self._close_at_exit)
 
     def _flops_for(self, args: tuple, kwargs: dict) -> StepFlops | None:
         """This step's FLOPs and tokens, counted once per distinct input signature.
@@ -179,8 +178,7 @@ class TrackedStep:
         """
         if not self._closed:
             self._closed = True
-            atexit.unregister(self._close_at_exit)
-            self.session.finish(status or status_for(self._exception))
+            self.session.finish(status or self.session.ending_status(self._exception))
         return self.session.metrics
 
     def summary(self) -> dict | None:
@@ -208,7 +206,7 @@ class TrackedStep:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(status=status_for(exc) if exc_type is not None else None)
+        self.close(status=self.session.ending_status(exc) if exc_type is not None else None)
 
     def __getattr__(self, name: str):
         # Only reached for names this object lacks: the jitted step's own API (`lower`, `trace`, ...).
@@ -219,10 +217,6 @@ class TrackedStep:
 
     def __repr__(self) -> str:
         return f"TrackedStep({self.__wrapped__!r})"
-
-    @guarded
-    def _close_at_exit(self) -> None:
-        self.close()
 
 
 def track(

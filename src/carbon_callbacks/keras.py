@@ -18,7 +18,7 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
                       ) from _err
 
 from carbon_callbacks._compat import keras as _keras
-from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import add_step_flops, attention_mask, token_shape
 
 #: Steps per logging interval when `log_every_n_steps` is not given. Keras has no logging interval of its own (its
@@ -142,7 +142,7 @@ class CarbonCallback(keras.callbacks.Callback):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish_guarded(status_for(exc))
+        self._finish_guarded(self.session.ending_status(exc))
         return False
 
     @guarded
@@ -184,6 +184,7 @@ class CarbonCallback(keras.callbacks.Callback):
             num_chips=accelerators or None,
             device_sync=lambda loss: loss is None or float(loss),
             trainable=trainable,
+            end=lambda signum: self.finish(status_at_exit(signum)),
         )
         self._tf_sizes = _keras.TfBatchSizes(self._trained) if keras.backend.backend() == "tensorflow" else None
         self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from carbon_callbacks._compat import lightning as _lightning
-from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import trainable_fraction
 from carbon_callbacks.meters._factory import create_rank_meter
@@ -110,6 +110,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         root = trainer.strategy.root_device
         sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
+        default_dir, default_parent = _run_folder(trainer)
         self.session.start(
             model=pl_module,
             traceable=pl_module.automatic_optimization and sharded is None,
@@ -117,7 +118,8 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             untraceable_reason=f"under {sharded} the step is sharded and counting it would step outside the engine;"
             if sharded else "FLOPs of modules with manual optimization are not counted (counting would run an "
             "optimizer step);",
-            default_dir=_run_folder(trainer),
+            default_dir=default_dir,
+            default_parent=default_parent,
             log_every_n_steps=trainer.log_every_n_steps or _FALLBACK_INTERVAL,
             world_size=int(trainer.world_size),
             rank=int(trainer.global_rank),
@@ -131,6 +133,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             meter_factory=lambda **options: create_rank_meter(root, trainer.local_rank, **options),
             device_sync=(lambda _: torch.cuda.synchronize(root)) if root.type == "cuda" else None,
             reduce_sum=self._reduce_sum if trainer.world_size > 1 else None,
+            end=lambda signum: self._end(trainer, self.session.finish(status_at_exit(signum))),
         )
 
     @guarded
@@ -173,8 +176,9 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
 
     @guarded
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Other ranks may be gone: no collective here. Rank 0's last global totals plus its own work since.
-        self._end(trainer, self.session.finish(status_for(exception)))
+        # Other ranks may be gone: no collective here. Rank 0's last global totals plus its own work since. SIGTERM
+        # arrives as Lightning's SIGTERMException: `interrupted`.
+        self._end(trainer, self.session.finish(self.session.ending_status(exception)))
 
     def _end(self, trainer, summary: dict | None) -> None:
         """The run's totals as every logger's last row, its facts as their params, its files attached (rank 0)."""
@@ -233,18 +237,17 @@ def _same(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] or a[k] != a[k] and b[k] != b[k] for k in a)
 
 
-def _run_folder(trainer) -> Path:
-    """The run folder that follows the first logger's identity: its version folder, else its run id."""
+def _run_folder(trainer) -> tuple[Path | None, Path]:
+    """The run folder that follows the first logger's identity (its version folder, else its run id), and where a
+    new timestamped folder goes without a logger."""
     root = Path(trainer.default_root_dir) / RUN_SUBDIR
     logger = trainer.logger
     if logger is None:
-        from carbon_callbacks._run.files import new_run_dir
-
-        return new_run_dir(root)
+        return None, root
     log_dir = getattr(logger, "log_dir", None)  # CSV and TensorBoard: version_N
     if isinstance(log_dir, str):
-        return Path(log_dir) / RUN_SUBDIR
-    return root / str(logger.version)  # MLflow's run id, W&B's run id
+        return Path(log_dir) / RUN_SUBDIR, root
+    return root / str(logger.version), root  # MLflow's run id, W&B's run id
 
 
 def _count_step(module, batch, batch_idx):

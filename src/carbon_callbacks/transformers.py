@@ -7,14 +7,14 @@ processes. What it reads from inside transformers is in `carbon_callbacks._compa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from carbon_callbacks._compat import transformers as _hf
-from carbon_callbacks._run.files import new_run_dir, write_json_atomic
-from carbon_callbacks._run.session import RunSession, guarded, status_for
+from carbon_callbacks._record.reader import read_state
+from carbon_callbacks._record.store import write_json_atomic
+from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import add_step_flops, array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
@@ -97,6 +97,8 @@ class CarbonCallback(_hf.TrainerCallback):
         self._figures: list = []  # their FLOPs
         self._masks: list = []  # their real tokens (an attention mask's sum, on the device), or None
         self._params_logged = False
+        self._handler = None  # the Trainer's CallbackHandler, for the last row on a signal
+        self._hook_args: tuple = ()  # the (args, state, control) of the run
 
     @property
     def summary(self) -> dict | None:
@@ -116,7 +118,7 @@ class CarbonCallback(_hf.TrainerCallback):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish_guarded(status_for(exc))
+        self._finish_guarded(self.session.ending_status(exc))
         return False
 
     @guarded
@@ -130,9 +132,11 @@ class CarbonCallback(_hf.TrainerCallback):
 
     @guarded
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
-        if _hf.run_first(self) is None:  # again: `trainer.add_callback` after init, restored callbacks re-added
+        self._handler = _hf.run_first(self)  # again: `trainer.add_callback` after init, restored callbacks re-added
+        if self._handler is None:
             self.session.warn("order", "carbon-callbacks: cannot run before the Trainer's other callbacks; the "
                               "carbon/* keys reach trainer.state.log_history but only the loggers after it.")
+        self._hook_args = (args, state, control)
         self._unhook()  # a train() that raised before (its run is closed as interrupted by `start`)
         if state.global_step > 0:  # resumed from a checkpoint
             self._load(_hf.resumed_from(args, state) / STATE_FILE, state.global_step)
@@ -146,7 +150,8 @@ class CarbonCallback(_hf.TrainerCallback):
             traceable=why is None,
             untraceable_reason=f"{why}, so the step is not counted;",
             trainable=tuple(trainable_fraction(model)),
-            default_dir=new_run_dir(Path(args.output_dir) / RUN_SUBDIR),
+            default_parent=Path(args.output_dir) / RUN_SUBDIR,
+            home=Path(args.output_dir) / RUN_SUBDIR,
             world_size=int(args.world_size),
             rank=int(args.process_index),
             info={
@@ -159,6 +164,7 @@ class CarbonCallback(_hf.TrainerCallback):
             meter_factory=lambda **options: create_rank_meter(args.device, args.local_process_index, **options),
             device_sync=(lambda _: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else None,
             reduce_sum=self._reduce_sum if multi else None,
+            end=self._end_with_process,
         )
 
     def _see_batch(self, module, args, kwargs) -> None:
@@ -217,7 +223,11 @@ class CarbonCallback(_hf.TrainerCallback):
             return
         folder = _hf.checkpoint_dir(args, state)
         if folder.is_dir():
-            write_json_atomic(folder / STATE_FILE, saved)
+            try:
+                write_json_atomic(folder / STATE_FILE, saved)
+            except OSError as err:
+                self.session.warn("checkpoint-write", f"carbon-callbacks: cannot write {folder / STATE_FILE} ({err});"
+                                  " a run resumed from this checkpoint starts its carbon totals anew.")
         else:
             self.session.warn("checkpoint", f"carbon-callbacks: the checkpoint folder {folder} was not found; the "
                               "checkpoint does not carry the carbon totals, so a run resumed from it starts them anew.")
@@ -271,12 +281,22 @@ class CarbonCallback(_hf.TrainerCallback):
             attach_to_active_runs([self.session.run_dir / name for name in ("run.json", "report.md")])
 
     def _load(self, path: Path, step: int) -> None:
-        """Continues the totals and folder a checkpoint carries (`on_save`), if it carries them."""
-        if not path.is_file():
+        """Continues the totals and folder a checkpoint carries (`on_save`), if it carries them; one that cannot be
+        read starts a new, labelled run (`RunSession.load_state_dict`)."""
+        state = read_state(path)
+        if state is None:
             self.session.warn("resume", f"carbon-callbacks: the run resumes at step {step} from a checkpoint "
                               f"without {STATE_FILE}; its carbon totals start from this step.")
+        self.session.load_state_dict(state)
+
+    def _end_with_process(self, signum: int | None) -> None:
+        """The process ends with the run open (a signal, or the exit after `train()` raised): the run ends, and on
+        rank 0 the `report_to` integrations get its last row through the Trainer's handler."""
+        self.finish(status_at_exit(signum))
+        if self._handler is None or not self._hook_args or not self._hook_args[1].is_world_process_zero:
             return
-        self.session.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+        _hf.last_row(self._handler, *self._hook_args, dict(self.session.metrics))
+        self._to_trackers(files=True)
 
     def _reduce_sum(self, values) -> list[float]:
         """Sums the processes' totals with torch.distributed's all-reduce, as accelerate does (every rank calls)."""

@@ -9,6 +9,8 @@ import json
 import pytest
 
 from carbon_callbacks import InvalidInputError, RunSession, StepFlops
+from carbon_callbacks._record.names import RUN_FILE, STEPS_FILE
+from carbon_callbacks._record.store import write_json_atomic
 from carbon_callbacks._reports.frames import load_run
 from carbon_callbacks._reports.report import (
     energy_split,
@@ -20,7 +22,6 @@ from carbon_callbacks._reports.report import (
     render_text,
     table4_rows,
 )
-from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, write_json_atomic
 from carbon_callbacks.cli import main
 from carbon_callbacks.meters import ReplayMeter
 
@@ -212,9 +213,11 @@ def test_run_json_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, co
     assert len(err_lines) == 1 and str(tmp_path / RUN_FILE) in err_lines[0], captured.err
     assert "Traceback" not in captured.err
     (tmp_path / RUN_FILE).write_text("{}")
-    (tmp_path / STEPS_FILE).write_text('{"step": 0}\n[1, 2]\n')
-    with pytest.raises(InvalidInputError, match=r"steps\.jsonl: line 2 is not a JSON object"):
-        read_report(tmp_path)
+    (tmp_path / STEPS_FILE).write_text('{"step": 0}\n[1, 2]\n{"step": 2}\n')
+    report = read_report(tmp_path)  # the bad line is skipped and named, the run is read
+    assert [r["step"] for r in report.records] == [0, 2]
+    assert any("steps.jsonl: line 2 is not a JSON object (a step record), got an array (skipped)" in note
+               for note in report.notes), report.notes
 
 
 # ------------------------------------------------------------------------------------------- embodied carbon

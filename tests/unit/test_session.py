@@ -141,10 +141,25 @@ def test_sensor_failure_warns_once_and_falls_back(tmp_path):
         warnings.simplefilter("always")
         for _ in range(3):
             session.step_end()
-    assert sum("energy meter failed" in str(w.message) for w in caught) == 1
+    assert sum("reading was unusable (read raised" in str(w.message) for w in caught) == 1
     summary = session.finish()
     assert summary["steps"] == 3
+    # The first window was measured; the two that raised continue at its average power, labelled.
+    assert summary["energy_methods"]["gpu"] == "measured:nvml+modeled:last-avg-power"
+    estimated_s = summary["wall_time_s"] - 2.0  # the two estimated windows, timed by the wall clock
+    assert summary["it_energy_kwh"] * 3.6e6 == pytest.approx(100.0 + 50.0 * estimated_s)  # 100 J / 2 s = 50 W
+    assert summary["meter_faults"]["seconds"] == pytest.approx(estimated_s)
+    assert summary["meter_faults"]["windows"] == 2 and summary["meter_faults"]["reasons"] == {"read raised": 2}
+
+
+def test_a_sensor_that_fails_from_the_start_is_modeled_from_the_chip(tmp_path):
+    session = make(tmp_path, log_every_n_steps=1, meter=step_meter(fail_after=0), chip="v100")
+    session.start()
+    with pytest.warns(CarbonCallbacksWarning, match="read raised"):
+        session.step_end()
+    summary = session.finish()
     assert summary["energy_methods"]["gpu"] == "modeled:tdp-fallback(v100)"
+    assert summary["it_energy_kwh"] * 3.6e6 == pytest.approx(300.0 * summary["wall_time_s"])  # V100 TDP x time
 
 
 def test_an_unwritable_output_dir_warns_once_and_keeps_the_run_in_memory(tmp_path):
@@ -398,6 +413,7 @@ def test_a_resumed_run_continues_in_its_own_folder(tmp_path):
         first.step_end(flops=flops(1.0))
     state = first.state_dict()
     assert state["run_dir"] == str(tmp_path / "a")
+    first.finish("failed")  # the process that wrote it is gone (it ended at the checkpoint's step)
     resumed = RunSession(**SITE, meter=step_meter(), log_every_n_steps=2)
     resumed.load_state_dict(state)
     resumed.start(default_dir=tmp_path / "elsewhere")

@@ -40,17 +40,11 @@ def missing(framework: str, api: str, checked: str, consequence: str) -> None:
     warn_once(f"compat:{framework}:{api}", message, category=InternalApiWarning)
 
 
-def move_to_front(callback, list_type: type, depth: int = 2, frames: int = 8) -> list[str] | None:
-    """Moves `callback` to the front of the `callbacks` list of the `list_type` object calling it, if one is.
-
-    Keras's `CallbackList` and the Trainer's `CallbackHandler` hand one logs dict to their callbacks in list order;
-    a hook called from one of them finds it among its callers' frames (`depth` is the frame of the hook's caller,
-    counted from here) and moves the callback first, keeping every other callback's order.
-
-    Returns:
-        The class names of the callbacks that were before it (empty if none), or `None` when no such list is
-        calling (a hook called by hand, or a release that no longer calls hooks from its list).
-    """
+def calling_list(callback, list_type: type, depth: int = 2, frames: int = 8):
+    """The `list_type` object (Keras's `CallbackList`, the Trainer's `CallbackHandler`) whose call of a hook led here,
+    found among the callers' frames (`depth` is the frame of the hook's caller, counted from here), or `None` when
+    no such list holding `callback` is calling (a hook called by hand, or a release that no longer calls hooks from
+    its list)."""
     frame = sys._getframe(depth)
     for _ in range(frames):
         if frame is None:
@@ -58,10 +52,23 @@ def move_to_front(callback, list_type: type, depth: int = 2, frames: int = 8) ->
         owner = frame.f_locals.get("self")
         callbacks = getattr(owner, "callbacks", None)
         if isinstance(owner, list_type) and isinstance(callbacks, list) and callback in callbacks:
-            index = callbacks.index(callback)
-            before = [type(c).__name__ for c in callbacks[:index]]
-            if index:
-                callbacks.insert(0, callbacks.pop(index))
-            return before
+            return owner
         frame = frame.f_back
     return None
+
+
+def move_to_front(callback, owner) -> list[str]:
+    """Moves `callback` to the front of `owner.callbacks` (see `calling_list`), keeping every other callback's order.
+
+    Keras's `CallbackList` and the Trainer's `CallbackHandler` hand one logs dict to their callbacks in list order,
+    so the callback first in the list adds its keys before the loggers after it write.
+
+    Returns:
+        The class names of the callbacks that were before it (empty if none).
+    """
+    callbacks = owner.callbacks
+    index = callbacks.index(callback)
+    before = [type(c).__name__ for c in callbacks[:index]]
+    if index:
+        callbacks.insert(0, callbacks.pop(index))
+    return before

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from carbon_callbacks._compat import missing, move_to_front
+from carbon_callbacks._compat import calling_list, missing, move_to_front
 
 _CHECKED = "keras 3.11.0 to 3.15.1"
 
@@ -63,7 +63,8 @@ def run_first(callback) -> list[str] | None:
         The class names of the callbacks that were before it (empty if none), or `None` when no `CallbackList` is
         calling (a `set_model` called by hand, or a Keras that no longer calls it from its list).
     """
-    return move_to_front(callback, keras.callbacks.CallbackList)
+    owner = calling_list(callback, keras.callbacks.CallbackList)
+    return None if owner is None else move_to_front(callback, owner)
 
 
 def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None]):

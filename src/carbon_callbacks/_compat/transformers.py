@@ -8,7 +8,8 @@ and `TrainerState` (`global_step`, `max_steps`, `log_history`, `is_world_process
 function each:
 
 - the `CallbackHandler` calling a hook, and its `callbacks` list (`run_first`), so the adapter runs before the
-  `report_to` integrations that the Trainer puts ahead of user callbacks;
+  `report_to` integrations that the Trainer puts ahead of user callbacks; its `on_log(args, state, control, logs)`
+  (`last_row`), to hand the integrations the run's last row when the process ends on a signal;
 - the `resume_from_checkpoint` argument of `Trainer._inner_training_loop`, the frame that calls `on_train_begin`
   (`resumed_from`), since no hook is told which checkpoint a run resumed from;
 - the checkpoint folder's name, `<output_dir>/checkpoint-<global_step>` (`checkpoint_dir`), which
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from carbon_callbacks._compat import missing, move_to_front
+from carbon_callbacks._compat import calling_list, missing, move_to_front
 
 try:
     import transformers
@@ -46,7 +47,7 @@ def version() -> str:
     return f"transformers {transformers.__version__}"
 
 
-def run_first(callback) -> list[str] | None:
+def run_first(callback):
     """Moves `callback` to the front of the `CallbackHandler` now calling one of its hooks, so the `report_to`
     integrations after it (TensorBoard, W&B, MLflow, ...) and the progress printer see the keys it adds to `logs`.
 
@@ -55,15 +56,26 @@ def run_first(callback) -> list[str] | None:
     and, as the loop is past it, skips or repeats none (`move_to_front`, as for Keras).
 
     Returns:
-        The class names of the callbacks that were before it (empty if none), or `None` when no handler is
-        calling (a hook called by hand, or a transformers that no longer calls hooks from its handler).
+        The handler, which also delivers the run's last row when the process ends on a signal (`last_row`), or
+        `None` when no handler is calling (a hook called by hand, or a transformers that no longer calls hooks from
+        its handler).
     """
     handler_type = getattr(trainer_callback, "CallbackHandler", None)
     if handler_type is None:
         missing("transformers", "trainer_callback.CallbackHandler", CHECKED, "the carbon/* keys reach only the "
                 "loggers after the callback, and always Trainer.state.log_history.")
         return None
-    return move_to_front(callback, handler_type, frames=_FRAMES)
+    handler = calling_list(callback, handler_type, frames=_FRAMES)
+    if handler is not None:
+        move_to_front(callback, handler)
+    return handler
+
+
+def last_row(handler, args, state, control, logs: dict) -> None:
+    """Hands `logs` to every callback's `on_log` through the Trainer's `CallbackHandler`, as `Trainer.log` does
+    after appending it to `state.log_history` (which this does too): the `report_to` integrations write it."""
+    state.log_history.append({**logs, "step": state.global_step})
+    handler.on_log(args, state, control, logs)
 
 
 def resumed_from(args, state) -> Path:

@@ -40,7 +40,8 @@ def load_run(*run_dirs: str | os.PathLike, labels: list[str] | None = None):
     Returns:
         A DataFrame with one row per logged interval and the columns of `COLUMNS` first (`cum_steps` and
         `elapsed_s` are cumulative within each run), then any other record keys. `frame.attrs["runs"]` maps each
-        label to that run's summary (`run.json`, or what the step log supports when it is missing).
+        label to that run's summary (`run.json`, or what the step log supports when it is missing). A line of a step
+        log that is not a record is skipped with a warning naming it (a torn last line, silently).
 
     Raises:
         InvalidInputError: for no directory, a directory that is missing or holds no run files, or a
@@ -63,6 +64,7 @@ def load_run(*run_dirs: str | os.PathLike, labels: list[str] | None = None):
     frames, summaries = [], {}
     for label, path in zip(labels, paths):
         report = read_report(path)
+        report.warn_problems()
         summaries[label] = report.summary
         frame = pd.DataFrame.from_records(report.records)
         for column in COLUMNS:

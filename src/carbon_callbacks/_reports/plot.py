@@ -80,6 +80,8 @@ def plot_runs(
     if not run_dirs:
         raise InvalidInputError("plot_runs needs at least one run directory.")
     reports = [read_report(d) for d in run_dirs]
+    for report in reports:
+        report.warn_problems()
     if labels is None:
         labels = [Path(r.run_dir).resolve().name for r in reports]
     elif len(labels) != len(reports):

@@ -4,9 +4,9 @@ The projection assumes the remaining steps run at the observed energy per step. 
 steps observed after the first logging interval (its warm-up: compilation, FLOP counting, caches, allocator growth)
 whenever there are two intervals or more; the interval applies the lowest and highest observed per-interval rates
 (the 10th and 90th percentiles when there are ten or more; the warm-up's too when only one interval follows it)
-to the remaining steps. The Tracker logs it once, at the first interval end past `PROJECT_AFTER` of the run with at
-least three intervals seen. It is a statement about a steady
-run, not a guarantee: a schedule that changes the batch size or sequence length later breaks it.
+to the remaining steps. The run session logs it once, at the first interval end past `PROJECT_AFTER` of a run of
+known length with at least three intervals seen, from a `ProjectionSample` of bounded size. It is a statement about
+a steady run, not a guarantee: a schedule that changes the batch size or sequence length later breaks it.
 """
 
 from __future__ import annotations
@@ -75,6 +75,69 @@ def _intensities(records: Sequence[dict]) -> tuple[float | None, float | None]:
     if last.get("co2e_net_kg") is not None and last.get("energy_kwh"):
         net = last["co2e_net_kg"] / last["energy_kwh"]
     return gross, net
+
+
+#: The record fields a projection reads: summed per interval, or (the cumulative ones) taken from the last.
+_SUMMED = ("num_steps", "step_energy_kwh", "step_co2e_kg", "seconds")
+_LAST = ("energy_kwh", "co2e_kg", "co2e_net_kg")
+
+
+def _merged(a: dict, b: dict) -> dict:
+    """Two consecutive records as one interval: the sums add, the running totals are the later one's."""
+    merged = {k: (a.get(k) or 0) + (b.get(k) or 0) for k in _SUMMED}
+    for key in ("step_co2e_kg", "seconds"):
+        if a.get(key) is None or b.get(key) is None:
+            merged[key] = None
+    merged.update({k: b.get(k) for k in _LAST})
+    return merged
+
+
+class ProjectionSample:
+    """The records a projection needs, in memory that does not grow with the run.
+
+    Keeps the first record (the warm-up) and at most `size` bins of the later ones. When the bins are full,
+    neighbours are merged in pairs and each later bin takes twice as many records, so every bin covers the same
+    number of intervals. The sums of steps, energy, CO2e and time stay exact (so does the central projection); the
+    spread is then over merged intervals, which narrows it a little. Lightning's `_MonotonicWindow` bounds its
+    throughput window the same way, with a `maxlen`.
+
+    Args:
+        size: the most bins kept. Defaults to `1024`.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = check_count("size", size, minimum=2)
+        self._first: dict | None = None
+        self._bins: list[dict] = []
+        self._open: dict | None = None
+        self._open_count = 0
+        self._stride = 1
+        self.intervals = 0
+
+    def add(self, record: dict) -> None:
+        """Adds one interval's record (`steps.jsonl` fields)."""
+        part = {k: record.get(k) for k in (*_SUMMED, *_LAST)}
+        part["num_steps"] = part["num_steps"] or 1
+        self.intervals += 1
+        if self._first is None:
+            self._first = part
+            return
+        self._open = part if self._open is None else _merged(self._open, part)
+        self._open_count += 1
+        if self._open_count < self._stride:
+            return
+        self._bins.append(self._open)
+        self._open, self._open_count = None, 0
+        if len(self._bins) >= self._size:
+            pairs = zip(self._bins[0::2], self._bins[1::2])
+            self._bins = [_merged(a, b) for a, b in pairs] + (self._bins[-1:] if len(self._bins) % 2 else [])
+            self._stride *= 2
+
+    @property
+    def records(self) -> list[dict]:
+        """The records to project from, in order (merged bins after the first)."""
+        head = [] if self._first is None else [self._first]
+        return head + self._bins + ([self._open] if self._open is not None else [])
 
 
 def project(

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._record.names import RUN_FILE, STEPS_FILE
+from carbon_callbacks._record.reader import read_run_files
 from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks._reports.model_card import hf_co2_block, hf_yaml
-from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, read_run
+from carbon_callbacks._warnings import CarbonCallbacksWarning
 
 #: `info` keys an adapter may use for the per-step FLOPs by layer kind (from the analytic counter).
 BREAKDOWN_KEYS = ("flops_by_layer_kind", "flops_breakdown", "flops_by_kind")
@@ -210,7 +213,8 @@ class RunReport:
         records: the step records of `steps.jsonl`.
         found: what was read, one line per file.
         missing: what the report cannot show, with the reason, one line per item.
-        notes: anything the reader should know (crashed run, older version, files that disagree).
+        notes: anything the reader should know (crashed run, older version, files that disagree, lines skipped).
+        problems: the step log's lines that were skipped (also in `notes`), for readers that show no notes.
     """
 
     run_dir: str
@@ -219,6 +223,13 @@ class RunReport:
     found: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def warn_problems(self) -> None:
+        """Warns about each skipped line of the step log other than a torn last one (a crash mid-write)."""
+        for problem in self.problems:
+            if "cut short by a crash" not in problem:
+                warnings.warn(f"carbon-callbacks: {problem}", CarbonCallbacksWarning, stacklevel=3)
 
     def rows(self) -> list[tuple[str, object, str]]:
         return table4_rows(self.summary)
@@ -278,55 +289,55 @@ def summary_from_records(records: list[dict]) -> dict:
 def read_report(run_dir: str | os.PathLike) -> RunReport:
     """Reads a run directory into a `RunReport`, saying what it found and what is missing.
 
+    A step log with a torn last line or a bad line is read around it; the report's notes name the lines skipped.
+
     Raises:
-        InvalidInputError: when the directory does not exist or holds neither `run.json` nor `steps.jsonl`, or a
-            file in it cannot be read.
+        InvalidInputError: when the directory does not exist or holds neither `run.json` nor `steps.jsonl`, or
+            `run.json` cannot be read.
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise InvalidInputError(f"run directory {str(path)!r} does not exist (or is not a directory).")
     try:
-        summary, records = read_run(path)
+        files = read_run_files(path)
     except (ValueError, OSError) as err:
         raise InvalidInputError(f"run directory {str(path)!r} cannot be read: {err}") from None
-    if summary is None and not records:
+    if files.summary is None and not files.records:
         raise InvalidInputError(
             f"run directory {str(path)!r} holds neither {RUN_FILE} nor a step in {STEPS_FILE}: "
             "nothing to report (did the run start? was output_dir set to another place?)."
         )
-    found, missing, notes = [], [], []
-    logged_steps = int(sum(r.get("num_steps", 1) for r in records))
-    if records:
-        found.append(f"{STEPS_FILE}: {len(records)} records covering {logged_steps} steps")
+    return _assemble(str(path), files.summary, files.records, files.problems)
+
+
+def report_of(summary: dict, run_dir: str | os.PathLike) -> RunReport:
+    """The card of a run from its summary in memory, as the run writes `report.md` at its end: the step log is
+    described by the summary's `step_log`, not read again."""
+    return _assemble(str(run_dir), summary, None, [])
+
+
+def _assemble(run_dir: str, summary: dict | None, records: list[dict] | None, problems: list[str]) -> RunReport:
+    found, missing, notes = [], [], list(problems)
+    step_log = (summary or {}).get("step_log") if isinstance((summary or {}).get("step_log"), dict) else None
+    if records is None:
+        logged_records = step_log.get("records") if step_log else None
+        logged_steps = step_log.get("steps_covered") if step_log else None
+    else:
+        logged_records, logged_steps = len(records), int(sum(r.get("num_steps", 1) for r in records))
+    if logged_records:
+        found.append(f"{STEPS_FILE}: {logged_records} records covering {logged_steps} steps")
     else:
         missing.append(f"{STEPS_FILE}: no step records (no plot, projection or per-step figures)")
     if summary is None:
         missing.append(f"{RUN_FILE}: missing (crashed before its first write?); site, chip and model facts unknown")
-        summary = summary_from_records(records)
+        summary = summary_from_records(records or [])
         notes.append(f"totals are derived from {STEPS_FILE} alone; rows it cannot support are listed as missing")
     else:
         found.append(
             f"{RUN_FILE}: schema {summary.get('schema_version')}, status {summary.get('status')}, "
             f"{summary.get('steps')} steps"
         )
-        schema = summary.get("schema_version")
-        if schema != SCHEMA_VERSION:
-            notes.append(
-                f"{RUN_FILE} has schema_version {schema!r} (this version reads {SCHEMA_VERSION}): written by "
-                "another version; only the keys it has are shown"
-            )
-        status = summary.get("status")
-        if status == "running":
-            notes.append(
-                "status 'running': the run crashed or is still going; figures cover the steps flushed so far"
-            )
-        elif status in ("interrupted", "failed"):
-            notes.append(f"status {status!r}: the run stopped early; figures cover the steps it completed")
-        if records and summary.get("steps") is not None and summary["steps"] != logged_steps:
-            notes.append(
-                f"{RUN_FILE} counts {summary['steps']} steps, {STEPS_FILE} {logged_steps} "
-                "(a resumed run keeps its earlier steps in the totals; a crash can cut the log)"
-            )
+        notes += _record_notes(summary, logged_steps)
     derived = summary.get("status") == f"unknown ({RUN_FILE} missing)"
     for name, value, _how in table4_rows(summary):
         if value is None:
@@ -335,7 +346,58 @@ def read_report(run_dir: str | os.PathLike) -> RunReport:
             if name == EMBODIED_ROW and embodied_how.startswith("unknown: "):
                 reason = embodied_how[len("unknown: "):]
             missing.append(f"{name}: {reason}")
-    return RunReport(str(path), summary, records, found, missing, notes)
+    return RunReport(run_dir, summary, records or [], found, missing, notes, list(problems))
+
+
+def _record_notes(summary: dict, logged_steps: int | None) -> list[str]:
+    """What a reader should know about how the run was recorded: its status, version, lineage, faults, step log."""
+    notes = []
+    schema = summary.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        notes.append(
+            f"{RUN_FILE} has schema_version {schema!r} (this version reads {SCHEMA_VERSION}): written by "
+            "another version; only the keys it has are shown"
+        )
+    status = summary.get("status")
+    if status == "running":
+        notes.append("status 'running': the run crashed or is still going; figures cover the steps flushed so far")
+    elif status in ("interrupted", "failed"):
+        notes.append(f"status {status!r}: the run stopped early; figures cover the steps it completed")
+    parent = summary.get("parent")
+    if isinstance(parent, dict):
+        notes.append(
+            f"forked from run {parent.get('run_id')} ({parent.get('run_dir')}) at step {parent.get('steps')}; "
+            + ("the totals include the parent's" if parent.get("totals_include_parent") else "the totals are its own")
+        )
+    resumed = (summary.get("info") or {}).get("resumed_from")
+    if isinstance(resumed, dict):
+        notes.append(
+            f"resumed at step {resumed.get('step')}: {resumed.get('steps_discarded')} steps run after that checkpoint "
+            f"({fmt_number(resumed.get('energy_kwh_discarded'))} kWh) were lost with the crash and are not in the "
+            "totals"
+        )
+    faults = summary.get("meter_faults")
+    if isinstance(faults, dict) and faults.get("windows"):
+        reasons = ", ".join(f"{k} x{v}" for k, v in (faults.get("reasons") or {}).items())
+        notes.append(
+            f"the meter's reading was unusable for {faults['windows']} window(s), {fmt_number(faults.get('seconds'))} "
+            f"s, estimated and labelled instead" + (f" ({reasons})" if reasons else "")
+        )
+    step_log = summary.get("step_log")
+    steps = summary.get("steps")
+    if isinstance(step_log, dict) and (step_log.get("gap_count") or step_log.get("waiting")):
+        shown = ", ".join(f"{a}-{b}" for a, b in (step_log.get("gaps") or [])[:5])
+        notes.append(
+            f"{STEPS_FILE} covers {step_log.get('steps_covered')} of the {steps} steps in the totals"
+            + (f"; missing steps {shown}" + (" ..." if step_log.get("gap_count", 0) > 5 else "") if shown else "")
+            + (f"; {step_log['waiting']} records could not be written" if step_log.get("waiting") else "")
+        )
+    elif logged_steps is not None and steps is not None and steps != logged_steps and not isinstance(step_log, dict):
+        notes.append(
+            f"{RUN_FILE} counts {steps} steps, {STEPS_FILE} {logged_steps} "
+            "(a resumed run keeps its earlier steps in the totals; a crash can cut the log)"
+        )
+    return notes
 
 
 # ------------------------------------------------------------------------------------------- renderers

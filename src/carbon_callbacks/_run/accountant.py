@@ -1,8 +1,8 @@
-"""The framework-agnostic accounting core: per-step observations in, energy, CO2e, MFU and run files out.
+"""The framework-agnostic accounting core: observations in; energy, CO2e, MFU and the run's records out.
 
-Adapters (Lightning, Keras, Flax) turn their hooks into `Accountant.update(...)` calls; everything they log or
-write comes from `Accountant.metrics()` and `Accountant.summary()`, so the three report the same numbers.
-Per-step work is in-memory arithmetic; records are written to the run directory in batches.
+Pure arithmetic: an adapter's `RunSession` turns hooks into `Accountant.update(...)` calls and hands the records it
+returns to the run's store (`carbon_callbacks._record`), which writes them; everything logged or written comes from
+`Accountant.metrics()` and `Accountant.summary()`, so every adapter reports the same numbers.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import datetime as _dt
 import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
 from carbon_callbacks._paper.embodied import check_lifetime, embodied_co2e
-from carbon_callbacks._run.files import RUN_FILE, STEPS_FILE, append_steps, write_json_atomic
 from carbon_callbacks._site.site import Site
 from carbon_callbacks._site.tables import Chip, get_chip
-from carbon_callbacks.meters._base import COMPONENTS, check_method
+from carbon_callbacks.meters._base import COMPONENTS, check_method, join_methods
 
 #: Additive totals reduced across ranks (data-parallel workers), in this order.
 REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens", "padding_tokens")
@@ -39,9 +37,6 @@ class Accountant:
         num_chips: chips the run uses in total, over all ranks. Defaults to `1`.
         dtype: the dtype whose dense peak FLOP/s defines MFU. Defaults to `"bf16"`.
         peak_flops: dense peak FLOP/s of one chip, overriding the table. Defaults to `None`.
-        output_dir: where `run.json` and `steps.jsonl` go; `None` writes nothing (non-zero ranks). Defaults to `None`.
-        flush_every: steps buffered in memory before they are appended to the step log. Defaults to `100`.
-        flush_seconds: the longest time records wait in memory, in seconds. Defaults to `60`.
         world_size: ranks (data-parallel processes) in the run. Defaults to `1`.
         lifetime_years: service life over which the chips' manufacturing footprint is spread for
             `embodied_co2e_kg`. Defaults to `None`: 6 years (`carbon_callbacks._paper.embodied.LIFETIME_SOURCE`).
@@ -69,9 +64,6 @@ class Accountant:
         num_chips: int = 1,
         dtype: str = "bf16",
         peak_flops: float | None = None,
-        output_dir: str | Path | None = None,
-        flush_every: int = 100,
-        flush_seconds: float = 60.0,
         world_size: int = 1,
         lifetime_years: float | None = None,
     ) -> None:
@@ -92,9 +84,6 @@ class Accountant:
             self.peak_source = f"table:chips/{self.chip.name} dense {dtype.lower()} {self.chip.source}"
         else:
             self.peak_flops, self.peak_source = None, "unknown (no chip with a peak for this dtype)"
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.flush_every = check_count("flush_every", flush_every)
-        self.flush_seconds = check_number("flush_seconds", flush_seconds, positive=True)
         self.info: dict = {}
         self.reset()
 
@@ -115,9 +104,7 @@ class Accountant:
         self.status = "running"
         self.started_at = _now_iso()
         self._global: dict[str, float] | None = None
-        self._buffer: list[dict] = []
-        self._last_flush = time.monotonic()
-        self._fresh_run = True  # the first flush of a new (not resumed) run replaces an old step log
+        self.pending_record: dict | None = None  # a preview's record of the observation it added
 
     def state_dict(self) -> dict:
         """The totals, to be saved with a checkpoint and restored with `load_state_dict`."""
@@ -136,23 +123,33 @@ class Accountant:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Continues the totals saved by `state_dict` (records already flushed stay in the old step log)."""
+        """Continues the totals saved by `state_dict`.
+
+        Raises:
+            InvalidInputError: for a state of another schema, or one that is cut short or holds unusable numbers.
+        """
         if state.get("schema_version") != SCHEMA_VERSION:
             raise InvalidInputError(
                 f"state_dict schema_version must be {SCHEMA_VERSION}, got {state.get('schema_version')!r}."
             )
-        self.steps = int(state["steps"])
-        self.seconds = float(state["seconds"])
-        self.seconds_with_model_flops = float(state["seconds_with_model_flops"])
-        self.energy_j = {c: float(state["energy_j"].get(c, 0.0)) for c in COMPONENTS}
-        self.methods = dict(state["methods"])
-        self.model_flops = state["model_flops"]
-        self.hardware_flops = state["hardware_flops"]
-        self.tokens = state["tokens"]
-        self.padding_tokens = state.get("padding_tokens")
-        self.started_at = state.get("started_at", self.started_at)
-        self._buffer = []
-        self._fresh_run = False
+        try:
+            steps = check_count("state_dict['steps']", state["steps"], minimum=0)
+            seconds = check_number("state_dict['seconds']", state["seconds"], non_negative=True)
+            with_flops = check_number("state_dict['seconds_with_model_flops']", state["seconds_with_model_flops"],
+                                      non_negative=True)
+            energy = {c: check_number(f"state_dict['energy_j'][{c!r}]", state["energy_j"].get(c, 0.0),
+                                      non_negative=True) for c in COMPONENTS}
+            methods = {c: check_method(f"state_dict['methods'][{c!r}]", m) for c, m in state["methods"].items()}
+            optional = {key: None if state.get(key) is None else check_number(f"state_dict[{key!r}]", state[key],
+                                                                               non_negative=True)
+                        for key in ("model_flops", "hardware_flops", "tokens", "padding_tokens")}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise InvalidInputError(f"state_dict is cut short or malformed ({type(err).__name__}: {err}).") from None
+        self.steps, self.seconds, self.seconds_with_model_flops = steps, seconds, with_flops
+        self.energy_j, self.methods = energy, methods
+        self.model_flops, self.hardware_flops = optional["model_flops"], optional["hardware_flops"]
+        self.tokens, self.padding_tokens = optional["tokens"], optional["padding_tokens"]
+        self.started_at = str(state.get("started_at", self.started_at))
 
     def annotate(self, **info) -> None:
         """Adds run facts for reports (model name, parameters, FLOP-count method, ...) to `run.json`'s `info`."""
@@ -233,7 +230,9 @@ class Accountant:
         self.seconds += seconds
         for component, joules in energy.items():
             self.energy_j[component] += joules
-        self.methods.update(methods)
+        for component, method in methods.items():  # every method a component's energy came from, joined
+            known = self.methods.get(component)
+            self.methods[component] = method if known in (None, method) else join_methods(known, method)
         if model_flops is not None:
             self.model_flops = (self.model_flops or 0.0) + model_flops
             self.seconds_with_model_flops += seconds
@@ -252,6 +251,7 @@ class Accountant:
         record = {
             "step": self.steps if step is None else int(step),
             "num_steps": num_steps,
+            "cum_steps": self.steps,
             "time": time.time(),
             "seconds": seconds,
             "model_flops": model_flops,
@@ -271,21 +271,17 @@ class Accountant:
         }
         if epoch is not None:
             record["epoch"] = int(epoch)
-        if self.output_dir is not None:
-            self._buffer.append(record)
-            if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
-                self.flush()
         return record
 
     def preview(self, **observation) -> Accountant:
-        """A copy with one more observation (`update`'s arguments) added; this accountant and its files unchanged.
+        """A copy with one more observation (`update`'s arguments) added, and that observation's record; this
+        accountant unchanged.
 
         For reading a run mid-interval (a summary, a checkpoint's state) without closing the interval.
         """
         clone = copy.copy(self)
         clone.energy_j, clone.methods, clone.info = dict(self.energy_j), dict(self.methods), dict(self.info)
-        clone.output_dir, clone._buffer = None, []
-        clone.update(**observation)
+        clone.pending_record = clone.update(**observation)
         return clone
 
     def set_global_totals(self, totals: Mapping[str, float], world_size: int) -> None:
@@ -409,28 +405,7 @@ class Accountant:
             "info": dict(self.info),
         }
 
-    # ----------------------------------------------------------------------------------------------- files
-    def flush(self) -> None:
-        """Appends buffered step records to `steps.jsonl`, then rewrites `run.json` to match them.
-
-        The first flush of a new run replaces the step log of an earlier run in the same directory; a run
-        restored with `load_state_dict` appends to it.
-        """
-        self._last_flush = time.monotonic()
-        if self.output_dir is None:
-            self._buffer.clear()
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        steps_path = self.output_dir / STEPS_FILE
-        if self._fresh_run:
-            steps_path.unlink(missing_ok=True)
-            self._fresh_run = False
-        append_steps(steps_path, self._buffer)
-        self._buffer = []
-        write_json_atomic(self.output_dir / RUN_FILE, self.summary())
-
     def close(self, status: str = "finished") -> dict:
-        """Marks the run `status` (`"finished"`, `"interrupted"`, `"failed"`), writes the files, returns the summary."""
+        """Marks the run `status` (`"finished"`, `"interrupted"`, `"failed"`) and returns its summary."""
         self.status = status
-        self.flush()
         return self.summary()

@@ -2,33 +2,26 @@
 
 Per step it adds a few numbers in memory. The meter is read only by `measure`, which the session calls when the
 interval closes, or when the run is read mid-interval (a summary, a checkpoint's state): each reading ends the
-meter's window and opens the next at once, and the interval adds the readings up, so reading never splits it.
+meter's window and opens the next at once, and the interval adds the readings up, so reading never splits it. The
+meter is the run's `CheckedMeter`, which never raises and turns a failed, bad or late reading into a labelled
+estimate.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from carbon_callbacks._run.step_flops import StepFlops
-from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import Measurement
 
 _WINDOW = "carbon-callbacks/interval"
 
 
 class OpenInterval:
-    """The steps of the interval not yet closed, and the meter windows that measure them.
+    """The steps of the interval not yet closed, and the meter windows that measure them."""
 
-    Args:
-        chip: the run's chip, whose TDP stands in for a meter that fails (labelled `modeled:tdp-fallback`).
-        warn: `(key, message)` callable that warns once per run.
-    """
-
-    def __init__(self, chip: Chip | None, warn: Callable[[str, str], None]) -> None:
-        self._chip = chip
-        self._warn = warn
+    def __init__(self) -> None:
         self._meter = None
         self.reset()
 
@@ -48,7 +41,7 @@ class OpenInterval:
         """Starts measuring with `meter` (a run's start)."""
         self._meter = meter
         self.reset()
-        self._begin_window()
+        meter.begin_window(_WINDOW)
 
     def add(self, flops: StepFlops | None, real_tokens: Any, loss: Any, step: int | None, outputs: Any,
             num_steps: int) -> None:
@@ -66,9 +59,9 @@ class OpenInterval:
         """Adds the energy since the last reading (after `device_sync` of the last outputs), and reads on."""
         if device_sync is not None:
             device_sync(self.outputs)
-        measurement = self._end_window()
+        measurement = self._meter.end_window(_WINDOW)
         self._measured = measurement if self._measured is None else self._measured + measurement
-        self._begin_window()
+        self._meter.begin_window(_WINDOW)
 
     def observation(self) -> dict:
         """The interval as `Accountant.update` arguments (after `measure`); tokens without padding when known."""
@@ -84,33 +77,6 @@ class OpenInterval:
         return dict(seconds=measured.seconds, energy_j=measured.energy_j, energy_method=measured.methods,
                     model_flops=self._model_flops, hardware_flops=self._hardware_flops, tokens=tokens,
                     padding_tokens=padding, loss=loss, step=self._step, num_steps=self.steps)
-
-    def _begin_window(self) -> None:
-        self._window_start = time.perf_counter()
-        self._window_open = False
-        try:
-            self._meter.begin_window(_WINDOW)
-            self._window_open = True
-        except Exception as err:
-            self._meter_failed(err)
-
-    def _end_window(self) -> Measurement:
-        seconds = time.perf_counter() - self._window_start
-        if self._window_open:
-            self._window_open = False
-            try:
-                return self._meter.end_window(_WINDOW)
-            except Exception as err:
-                self._meter_failed(err)
-        chip = self._chip or get_chip("cpu")  # a labelled TDP x time estimate for a window the meter failed
-        component = {"gpu": "gpu", "tpu": "tpu"}.get(chip.kind, "cpu")
-        return Measurement(seconds=seconds, energy_j={component: (chip.tdp_w or 0.0) * seconds},
-                           methods={component: f"modeled:tdp-fallback({chip.name})"})
-
-    def _meter_failed(self, err: Exception) -> None:
-        self._warn("meter", f"carbon-callbacks: the energy meter failed ({type(err).__name__}: {err}); windows it "
-                   "cannot measure are estimated from the chip's TDP and labelled 'modeled:tdp-fallback'. Training "
-                   "continues.")
 
 
 def _plus(total: float | None, value: float | None) -> float | None:

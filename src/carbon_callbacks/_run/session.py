@@ -4,11 +4,15 @@ An adapter (Lightning, Keras, Flax, the Hugging Face Trainer) gives `start` its 
 the default run folder, the device sync, the collective, the ranks) and then maps its hooks onto `count`,
 `step_end`, `close_interval`, `finish` and `state_dict`. The session owns the run policy: the FLOP source and its
 per-shape cache, when an interval closes (and, only then, the device sync, the meter reading and the sum across
-ranks), the metric keys every adapter logs, the run folder (never overwritten), resume and continuing across
-fits, the exception-to-status mapping, the meter's lifecycle, the run files and the report printed once.
+ranks), the metric keys every adapter logs, the run folder and its record (`carbon_callbacks._record`: claimed
+atomically, resumed or forked, written in batches, never raising), the exception-to-status mapping, how the run
+ends with the process (`lifecycle`: signals and exit), the meter's lifecycle and checks (`CheckedMeter`), and the
+report printed once.
 
 Per step the session adds a few numbers in memory. Reading the run (`summary`, `state_dict`) never changes it:
 the steps since the last interval are measured into the open interval, which still closes where it would have.
+Every rank enters the same collectives in the same order, whatever fails on it: a local failure is reported after
+the collective, never instead of it.
 """
 
 from __future__ import annotations
@@ -16,19 +20,23 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import uuid
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from carbon_callbacks._errors import check_count, check_number
+from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._record.opening import Place, open_store
+from carbon_callbacks._record.store import RunStore
+from carbon_callbacks._reports.projection import ProjectionSample
+from carbon_callbacks._run import lifecycle
 from carbon_callbacks._run.accountant import REDUCED_FIELDS, Accountant
-from carbon_callbacks._run.files import REPORT_FILE, RUN_FILE, new_run_dir
 from carbon_callbacks._run.interval import OpenInterval
 from carbon_callbacks._run.step_flops import StepFlops, StepFlopsSource
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks._warnings import strict, warn_once
+from carbon_callbacks.meters._checked import CheckedMeter
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +47,24 @@ METRIC_KEYS = ("carbon/energy_kwh", "carbon/co2e_kg", "carbon/co2e_net_kg", "car
                "carbon/mfu")
 
 
-def status_for(exception: BaseException | None) -> str:
-    """The run status an ending leaves in `run.json`: `finished`, `interrupted` (Ctrl-C) or `failed`."""
+#: Fault counts summed over ranks beside the totals: windows estimated, and their seconds.
+_FAULT_FIELDS = ("fault_windows", "fault_seconds")
+
+
+def status_for(exception: BaseException | None, signalled: bool = False) -> str:
+    """The run status an ending leaves in `run.json`: `finished`, `interrupted` (a signal: SIGTERM, Ctrl-C) or
+    `failed`. Lightning raises its `SIGTERMException` (a `SystemExit`) for SIGTERM."""
     if exception is None:
         return "finished"
-    return "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+    interrupted = signalled or isinstance(exception, KeyboardInterrupt) or \
+        type(exception).__name__ == "SIGTERMException"
+    return "interrupted" if interrupted else "failed"
+
+
+def status_at_exit(signum: int | None) -> str:
+    """The status of a run its process ends (`lifecycle`): `interrupted` by a signal, else `failed` (the interpreter
+    exits with the run open: training raised past the framework's end hook)."""
+    return "interrupted" if signum is not None else "failed"
 
 
 def guarded(hook: Callable) -> Callable:
@@ -59,6 +80,26 @@ def guarded(hook: Callable) -> Callable:
                 raise
             self.session.hook_failed(hook.__name__, err)
             return None
+
+    return wrapper
+
+
+def _bookkeeping(method: Callable) -> Callable:
+    """Marks a session method as bookkeeping: a signal that arrives while the main thread is inside it is handled
+    when it returns (`lifecycle`), so a run is never ended half-updated."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if threading.get_ident() != lifecycle.MAIN_THREAD:
+            return method(self, *args, **kwargs)
+        self._busy += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy -= 1
+            if not self._busy and self._pending_signal is not None:
+                pending, self._pending_signal = self._pending_signal, None
+                lifecycle.deliver(*pending)
 
     return wrapper
 
@@ -79,8 +120,10 @@ class RunSession:
             gets a new timestamped subfolder instead. Defaults to `None`: the adapter's (one folder per run).
         log_every_n_steps: steps per logging interval. Defaults to `None`: the adapter's (its framework's).
         flops: model FLOPs per training step, given by the user; overrides counting. Defaults to `None`.
-        meter: a `carbon_callbacks.meters` meter, owned by the caller. Defaults to `None`: one made per run (the
-            adapter's or `create_meter`) and closed at its end.
+        meter: a `carbon_callbacks.meters` meter, owned by the caller. Its readings are checked, and it is read on
+            a worker thread with a timeout unless its class sets `reads_may_block = False` (see
+            `carbon_callbacks.meters._checked`). Defaults to `None`: one made per run (the adapter's or
+            `create_meter`) and closed at its end.
         nvml: meter NVIDIA GPUs through NVML when a default meter is made. Defaults to `True`.
         rapl: meter the CPU through RAPL when a default meter is made; `False` models it (TDP x utilisation)
             without a warning. Defaults to `True`.
@@ -122,16 +165,18 @@ class RunSession:
         given = check_number("flops", flops, non_negative=True) if flops is not None else None
         self._dtype = dtype
         self._user_meter = meter
-        self._meter = meter
+        self._meter: CheckedMeter | None = None
         self._sensors = {"nvml": bool(nvml), "rapl": bool(rapl)}
         self._continue_runs = bool(continue_runs)
         self._info: dict = {"training_type": training_type} if training_type else {}
         self._accountant: Accountant | None = None
+        self._store = RunStore()
         self._running = False
         self._rank, self._world_size, self._interval = 0, 1, self._log_every or 1
         self._total_steps: int | None = None
         self._device_sync: Callable[[Any], None] | None = None
         self._reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None
+        self._end: Callable[[int | None], Any] | None = None
         self._finished: dict | None = None
         self._metrics: dict[str, float] = {}
         self._warned: set[str] = set()
@@ -139,10 +184,12 @@ class RunSession:
         self._final_state: dict | None = None
         self._synced_local: list[float] | None = None
         self._global_totals: list[float] | None = None
-        self._projection_records: list[dict] = []
-        self._projection_done = True
+        self._projection: ProjectionSample | None = None
+        self._busy = 0  # depth of bookkeeping calls on the main thread
+        self._pending_signal: tuple[int, Any] | None = None
+        self._signalled: int | None = None
         self._flops = StepFlopsSource(given, self.warn, lambda **facts: self._accountant.annotate(**facts))
-        self._open = OpenInterval(self._chip, self.warn)
+        self._open = OpenInterval()
 
     # ------------------------------------------------------------------------------------------- reading
     @property
@@ -153,7 +200,16 @@ class RunSession:
     @property
     def run_dir(self) -> Path | None:
         """Where this rank writes its run files (`None` on ranks other than 0 or when they cannot be written)."""
-        return self._accountant.output_dir if self._accountant is not None else None
+        return self._store.folder
+
+    @property
+    def signalled(self) -> bool:
+        """Whether the process received SIGTERM or SIGINT while this run was open."""
+        return self._signalled is not None
+
+    def ending_status(self, exception: BaseException | None) -> str:
+        """The status of a run that ends with `exception` (`None`: training completed); see `status_for`."""
+        return status_for(exception, self.signalled)
 
     @property
     def interval(self) -> int:
@@ -204,7 +260,7 @@ class RunSession:
             return self._finished
         if self._accountant is None:
             return None
-        return self._with_pending().summary()
+        return self._summary(self._with_pending())
 
     # ------------------------------------------------------------------------------------------- warnings
     def warn(self, key: str, message: str) -> None:
@@ -218,6 +274,13 @@ class RunSession:
         self.warn(f"hook:{where}", f"carbon-callbacks: {where} failed ({type(err).__name__}: {err}); training "
                   "continues, but the carbon figures of this run may miss the affected steps.")
 
+    def _held_back(self, failure: Exception, where: str) -> None:
+        """A local failure reported after the collective it would have skipped: raised in strict mode, else warned
+        once (see `hook_failed`)."""
+        if strict():
+            raise failure
+        self.hook_failed(where, failure)
+
     def annotate(self, **info) -> None:
         """Adds run facts to `run.json`'s `info` (e.g. `moe_twin=`, `training_type=`), now or at the next start."""
         self._info.update(info)
@@ -225,6 +288,7 @@ class RunSession:
             self._accountant.annotate(**info)
 
     # ------------------------------------------------------------------------------------------- lifecycle
+    @_bookkeeping
     def start(
         self,
         *,
@@ -233,6 +297,8 @@ class RunSession:
         traceable: bool = True,
         untraceable_reason: str = "",
         default_dir: str | Path | None = None,
+        default_parent: str | Path | None = None,
+        home: str | Path | None = None,
         log_every_n_steps: int = 50,
         world_size: int = 1,
         rank: int = 0,
@@ -243,6 +309,7 @@ class RunSession:
         device_sync: Callable[[Any], None] | None = None,
         reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None,
         trainable: tuple[int, int] | None = None,
+        end: Callable[[int | None], Any] | None = None,
     ) -> None:
         """Begins a run: the run folder, a fresh accountant (or the restored totals), the FLOP source, the meter.
 
@@ -256,8 +323,12 @@ class RunSession:
             traceable: whether the adapter can trace this model's step. Defaults to `True`.
             untraceable_reason: why not, for the warning. Defaults to `""`.
             default_dir: the adapter's run folder, used when the user gave no `output_dir` (a logger's version
-                folder, the logger's run id); a new timestamped folder under `./carbon-runs` when `None`.
-                Defaults to `None`.
+                folder, the logger's run id). Defaults to `None`.
+            default_parent: without either, a new timestamped folder goes under this one. Defaults to `None`:
+                `./carbon-runs`.
+            home: a run resumed from a checkpoint continues the checkpoint's folder only inside this one (the
+                user's `output_dir` wins); else it forks (see `carbon_callbacks._record.opening`). Defaults to
+                `None`: anywhere.
             log_every_n_steps: the adapter's default interval, used when the user gave none. Defaults to `50`.
             world_size: ranks in the run. Defaults to `1`.
             rank: this process's global rank; only rank 0 writes files and prints. Defaults to `0`.
@@ -273,6 +344,9 @@ class RunSession:
                 every interval close and at a finished end). Defaults to `None`.
             trainable: (parameters that train, all parameters); with some frozen, the model FLOPs come from the
                 traced step instead of the model config (see `StepFlopsSource.reset`). Defaults to `None`.
+            end: ends the run when the process does, given the signal (`None`: the interpreter's exit), with
+                whatever the adapter adds (the loggers' last row). Defaults to `None`: `finish`, as
+                `interrupted` on a signal and `failed` at exit (see `lifecycle`).
         """
         if self._running:
             self.finish("interrupted")
@@ -284,28 +358,31 @@ class RunSession:
         self._total_steps = check_count("total_steps", total_steps) if total_steps is not None else None
         self._interval = self._log_every or check_count("log_every_n_steps", log_every_n_steps)
         self._device_sync, self._reduce_sum = device_sync, reduce_sum
+        self._end = end or self._finish_on
         self._synced_local = self._global_totals = None
         self._final_state = self._finished = None
+        self._signalled = self._pending_signal = None
         restored, self._restored = self._restored, None
         self._accountant = Accountant(
             self._site,
             chip=self._chip,
             num_chips=self._num_chips or num_chips or world_size,
             dtype=self._dtype,
-            output_dir=self._run_folder(default_dir, restored) if rank == 0 else None,
             world_size=world_size,
         )
-        self._projection_records = []
-        self._projection_done = restored is not None  # a resumed step log: no projection
-        if restored is not None:
-            self._accountant.load_state_dict(restored)
+        restored = self._restore(restored)
+        self._store = self._open_store(default_dir, default_parent, home, restored) if rank == 0 else RunStore()
+        self._projection = ProjectionSample() if restored is None and self._total_steps is not None else None
         self._accountant.annotate(**{**(info or {}), **self._info})
         self._flops.reset(model, config=config, traceable=traceable, untraceable_reason=untraceable_reason,
                           trainable=trainable)
-        if self._user_meter is None:
+        meter = self._user_meter
+        if meter is None:
             if meter_factory is None:
                 from carbon_callbacks.meters import create_meter as meter_factory
-            self._meter = meter_factory(chip=self._chip.name if self._chip else None, **self._sensors)
+            meter = meter_factory(chip=self._chip.name if self._chip else None, **self._sensors)
+        self._meter = CheckedMeter(meter, chip=self._chip, warn=self.warn,
+                                   devices=max(self._accountant.num_chips // self._world_size, 1))
         keys = [k for k in METRIC_KEYS if k not in ("carbon/flops", "carbon/mfu")]
         if self._flops.can_count:
             keys.insert(3, "carbon/flops")
@@ -314,45 +391,81 @@ class RunSession:
         self._metrics = dict.fromkeys(keys, math.nan)  # NaN: what a logger shows as "no value yet"
         self._running = True
         self._open.begin(self._meter)
-        if rank == 0:
-            self._accountant.flush()  # run.json exists (status running) from the first step on
+        lifecycle.attach(self)
+        self._store.flush(self._summary(self._accountant))  # run.json exists (status running) from the start
         log.info("carbon-callbacks: site %s, meter %s, rank %d/%d, run folder %s", self._site,
-                 type(self._meter).__name__, rank, world_size, self.run_dir)
+                 type(meter).__name__, rank, world_size, self.run_dir)
 
-    def _run_folder(self, default_dir: str | Path | None, restored: dict | None) -> Path | None:
-        """The run's folder: the restored run's, else the user's or the adapter's, never one holding another run."""
-        if restored is not None and restored.get("run_dir"):
-            return self._writable(Path(restored["run_dir"]))
-        if self._output_dir is not None:
-            folder = self._output_dir
-        elif default_dir is not None:
-            folder = Path(default_dir)
-        else:
-            return self._writable(new_run_dir(Path("carbon-runs")))
-        if (folder / RUN_FILE).exists():
-            taken, folder = folder, new_run_dir(folder)
-            print(f"carbon-callbacks: {taken} already holds a run; this run is written to {folder}", flush=True)
-        return self._writable(folder)
-
-    def _writable(self, directory: Path) -> Path | None:
-        """`directory` if the run files can be written there, else `None` (the run is kept in memory), warned once."""
-        probe = directory / f".carbon-callbacks-{uuid.uuid4().hex}"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            self.warn("output_dir", f"carbon-callbacks: cannot write the run files to {str(directory)!r} "
-                      f"({type(err).__name__}: {err}); the run is kept in memory and its metrics are still logged. "
-                      "Pass output_dir= a writable directory to keep the files.")
+    def _restore(self, restored: dict | None) -> dict | None:
+        """Loads a checkpoint's totals into the new accountant; a state it cannot read starts a new, labelled run."""
+        if not restored:
             return None
-        return directory.resolve()
+        try:
+            if "unreadable" in restored:
+                raise InvalidInputError(restored["unreadable"])
+            self._accountant.load_state_dict(restored)
+        except InvalidInputError as err:
+            self._accountant.annotate(resume=f"the checkpoint's carbon state could not be read ({err}); the totals "
+                                      "start at this run's first step")
+            self.warn("resume", f"carbon-callbacks: the checkpoint's carbon state could not be read ({err}); this "
+                      "run starts new totals in a new folder (run.json info.resume says so).")
+            return None
+        return restored
 
+    def _open_store(self, default_dir, default_parent, home, restored: dict | None) -> RunStore:
+        """The run's folder and record: new, continued from a checkpoint, or forked from one (rank 0)."""
+        place = Place(
+            output_dir=self._output_dir,
+            default_dir=Path(default_dir) if default_dir is not None else None,
+            default_parent=Path(default_parent) if default_parent is not None else Path("carbon-runs"),
+            home=Path(home) if home is not None else None,
+        )
+        opened = open_store(place, restored, self.warn, lambda line: print(line, flush=True))
+        trimmed = opened.trimmed
+        if trimmed.steps:
+            self._accountant.annotate(resumed_from={
+                "step": int(restored["steps"]),
+                "steps_discarded": trimmed.steps,
+                "seconds_discarded": trimmed.seconds,
+                "energy_kwh_discarded": trimmed.energy_kwh,
+                "note": "steps run after the checkpoint and lost with the crash: their records were trimmed from "
+                        "the step log and they are not in the totals",
+            })
+        return opened.store
+
+    @_bookkeeping
     def flush(self) -> None:
         """Writes the run files now (the step log and `run.json`), e.g. at an epoch's end; a crash later loses nothing
         before this point."""
         if self._accountant is not None:
-            self._accountant.flush()
+            self._store.flush(self._summary(self._accountant))
+
+    # ------------------------------------------------------------------------------------------- the process
+    def defer_signal(self, signum: int, frame) -> bool:
+        """Keeps a signal that arrived during the main thread's bookkeeping for when it returns (`lifecycle`)."""
+        if self._busy:
+            self._pending_signal = (signum, frame)
+            return True
+        return False
+
+    def take_signal(self, signum: int, *, ends: bool) -> None:
+        """The process got `signum`: with `ends`, the run ends now as `interrupted` (the process is about to die of
+        the signal); else its files are written and the status of the ending that follows is `interrupted`."""
+        self._signalled = signum
+        if not self._running:
+            return
+        if ends:
+            self._end(signum)
+        else:
+            self.flush()
+
+    def end_at_exit(self) -> None:
+        """The interpreter exits with the run still open: the adapter's ending (`interrupted` after a signal)."""
+        if self._running:
+            self._end(self._signalled)
+
+    def _finish_on(self, signum: int | None) -> None:
+        self.finish(status_at_exit(signum))
 
     def count(
         self,
@@ -376,6 +489,7 @@ class RunSession:
             return figures
         return figures.times(replicas)
 
+    @_bookkeeping
     def step_end(
         self,
         *,
@@ -412,6 +526,7 @@ class RunSession:
             return None
         return self.close_interval(epoch=epoch)
 
+    @_bookkeeping
     def close_interval(self, *, epoch: int | None = None) -> dict[str, float] | None:
         """Closes the open interval now (e.g. at an epoch's end): device sync, meter reading, sum over ranks.
 
@@ -420,21 +535,39 @@ class RunSession:
         """
         if self._open.steps == 0 or self._accountant is None or not self._running:
             return None
-        self._open.measure(self._device_sync)
+        failure, record = None, None
         try:
+            self._open.measure(self._device_sync)
             record = self._accountant.update(**self._open.observation(), epoch=epoch)
+        except Exception as err:  # reported after the collective, which every rank must enter
+            failure = err
         finally:
             self._open.reset()
         if self._world_size > 1 and self._reduce_sum is not None:
             self._sync(self._reduce_sum)
+        if failure is not None:
+            self._held_back(failure, "closing an interval")
+            return None
         self._refresh_metrics()
-        if not self._projection_done:
-            self._projection_records.append(record)
-            self._maybe_project()
+        self._keep(record)
         return self.metrics
 
+    def _keep(self, record: dict) -> None:
+        """Hands an interval's record to the store (written when due) and the projection."""
+        accountant = self._accountant
+        self._store.add(record, accountant.steps - record["num_steps"] + 1, accountant.steps)
+        if self._store.due(record["seconds"]):
+            self._store.flush(self._summary(accountant))
+        if self._projection is not None:
+            self._projection.add(record)
+            self._maybe_project()
+
+    @_bookkeeping
     def finish(self, status: str = "finished") -> dict | None:
         """Ends the run: the last interval, the ranks' sum, the run files, the report (rank 0), the meter.
+
+        Whatever fails on the way (a meter, a full disk), the run ends: its summary is kept in memory, the report is
+        printed and the meter closed.
 
         Args:
             status: `"finished"`, `"interrupted"` or `"failed"` (see `status_for`). Only a finished run sums over
@@ -446,51 +579,62 @@ class RunSession:
         """
         if not self._running:
             return None
-        accountant = self._accountant
+        accountant, failure = self._accountant, None
         try:
             if self._open.steps:
                 self._open.measure(self._device_sync)
-                accountant.update(**self._open.observation())
+                self._store.add(accountant.update(**self._open.observation()),
+                                accountant.steps - self._open.steps + 1, accountant.steps)
+        except Exception as err:  # reported after the collective, which every rank must enter
+            failure = err
+        try:
             if self._world_size > 1:
                 if status == "finished" and self._reduce_sum is not None:
                     self._sync(self._reduce_sum)
                 elif self._global_totals is not None:
-                    now = accountant.local_totals()
+                    now = self._local_totals()
                     estimate = [g + n - s for g, n, s in zip(self._global_totals, now, self._synced_local)]
-                    accountant.set_global_totals(dict(zip(REDUCED_FIELDS, estimate)), self._world_size)
-                    self._global_totals, self._synced_local = estimate, now
+                    self._set_global(estimate)
+                    self._synced_local = now
         except Exception as err:
-            if strict():
-                raise
-            self.hook_failed("closing the last interval", err)
+            failure = failure or err
         finally:
             self._running = False
             self._open.reset()
-            self._finished = accountant.close(status)
+            lifecycle.detach(self)
+            accountant.close(status)
+            self._finished = self._summary(accountant)
             self._final_state = self._with_global_shares(accountant.state_dict())
             self._refresh_metrics()
             self._close_meter()
-        if self._rank == 0:
-            from carbon_callbacks._reports.report import format_report, read_report, render_markdown
-
-            where = self.run_dir
-            if where is not None:
-                try:
-                    (where / REPORT_FILE).write_text(render_markdown(read_report(where)) + "\n", encoding="utf-8")
-                except OSError as err:
-                    self.warn("report", f"carbon-callbacks: cannot write {where / REPORT_FILE} ({err}).")
-            print(format_report(self._finished) + (f"\nrun files: {where}" if where is not None else ""), flush=True)
+            self._end_record()
+        if failure is not None:
+            self._held_back(failure, "closing the last interval")
         return self._finished
 
-    def _close_meter(self) -> None:
-        """Closes a meter this session made (a user's meter is the user's to close); the next run makes a new one."""
-        if self._user_meter is not None or self._meter is None:
+    def _end_record(self) -> None:
+        """The run files and the report (rank 0): written where they can be, printed in any case."""
+        store = self._store
+        written = store.flush(self._finished)
+        self._finished = store.stamp(self._finished)
+        store.close()
+        if self._rank != 0:
             return
+        from carbon_callbacks._reports.report import format_report, render_markdown, report_of
+
+        where = store.folder
+        if where is not None:
+            store.write_report(render_markdown(report_of(self._finished, where)) + "\n")
+        tail = "" if where is None else f"\nrun files: {where}" + ("" if written else " (not all could be written)")
+        print(format_report(self._finished) + tail, flush=True)
+
+    def _close_meter(self) -> None:
+        """Stops the meter's checks and closes a meter this session made (a user's meter is the user's to close);
+        the checked meter stays, for its fault counts."""
         try:
-            self._meter.close()
+            self._meter.close(close_inner=self._user_meter is None)
         except Exception as err:  # a sensor's shutdown must not fail the user's run
             log.warning("carbon-callbacks: closing the meter failed: %s", err)
-        self._meter = None
 
     def _refresh_metrics(self) -> None:
         """Takes the accountant's totals into `metrics`, keeping every key of the run's schema."""
@@ -501,29 +645,44 @@ class RunSession:
                 self._metrics[key] = fresh[key]
 
     # ------------------------------------------------------------------------------------------- resume
+    @_bookkeeping
     def state_dict(self) -> dict:
         """The run's totals and folder for a checkpoint, so a resumed run continues them in the same folder.
 
-        Includes the steps since the last interval (measured into the open interval, which is not split). Under
-        several ranks the additive totals are summed with the collective (call on every rank) and stored as an
-        equal share per rank, so a resume with the same world size continues the global totals exactly.
+        Includes the steps since the last interval (measured into the open interval, which is not split; its record
+        travels as `pending_record`, so a resume writes it). Under several ranks the additive totals are summed with
+        the collective (call on every rank, which always enters it) and stored as an equal share per rank, so a
+        resume with the same world size continues the global totals exactly.
         """
         if not self._running:
             return dict(self._restored or self._final_state or {})
-        accountant = self._with_pending()
+        failure, accountant = None, self._accountant
+        try:
+            accountant = self._with_pending()
+        except Exception as err:  # reported after the collective, which every rank must enter
+            failure = err
+        summed = None
         if self._world_size > 1 and self._reduce_sum is not None:
-            local = accountant.local_totals()
-            summed = [float(v) for v in self._reduce_sum(local)]
-            return self._with_global_shares(accountant.state_dict(), summed)
-        return self._with_global_shares(accountant.state_dict())
+            summed = [float(v) for v in self._reduce_sum(self._local_totals(accountant))]
+        if failure is not None:
+            self._held_back(failure, "saving the state")
+        state = self._with_global_shares(accountant.state_dict(), summed)
+        if accountant.pending_record is not None:
+            state["pending_record"] = accountant.pending_record
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continues from `state_dict()` totals and folder at the next `start` (frameworks restore before training)."""
+    def load_state_dict(self, state: dict | str) -> None:
+        """Continues from `state_dict()` totals and folder at the next `start` (frameworks restore before training).
+
+        A state that cannot be used (not a dict, another schema, cut short; or a string saying why it could not be
+        read) starts a new run at the next `start` instead, labelled in `run.json`'s `info.resume` and warned.
+        """
         if state:
-            self._restored = dict(state)
+            self._restored = dict(state) if isinstance(state, dict) else {"unreadable": str(state)}
 
     def _with_global_shares(self, state: dict, global_totals: Sequence[float] | None = None) -> dict:
-        """`state` with each additive total replaced by its equal share of the global (summed) totals."""
+        """`state` with each additive total replaced by its equal share of the global (summed) totals, and the
+        run's folder, id and parent."""
         totals = self._global_totals if global_totals is None else global_totals
         if self._world_size > 1 and totals is not None:
             named = dict(zip(REDUCED_FIELDS, (v / self._world_size for v in totals)))
@@ -533,28 +692,53 @@ class RunSession:
                     state[key] = named[key]
         if self.run_dir is not None:
             state["run_dir"] = str(self.run_dir)
+        state["run_id"], state["parent"] = self._store.run_id, self._store.parent
         return state
+
+    # ------------------------------------------------------------------------------------------- ranks
+    def _local_totals(self, accountant: Accountant | None = None) -> list[float]:
+        """This rank's additive totals (`REDUCED_FIELDS`), then its meter's faults (`_FAULT_FIELDS`)."""
+        meter = self._meter
+        return [*(accountant or self._accountant).local_totals(), float(meter.fault_windows), meter.fault_seconds]
+
+    def _set_global(self, summed: list[float]) -> None:
+        self._global_totals = summed
+        self._accountant.set_global_totals(dict(zip(REDUCED_FIELDS, summed)), self._world_size)
 
     def _sync(self, reduce_sum: Callable[[Sequence[float]], Sequence[float]]) -> None:
         """Sums the ranks' totals with the framework's collective (called on every rank)."""
-        local = self._accountant.local_totals()
-        summed = [float(v) for v in reduce_sum(local)]
-        self._synced_local, self._global_totals = local, summed
-        self._accountant.set_global_totals(dict(zip(REDUCED_FIELDS, summed)), self._world_size)
+        local = self._local_totals()
+        self._synced_local = local
+        self._set_global([float(v) for v in reduce_sum(local)])
+
+    def _summary(self, accountant: Accountant) -> dict:
+        """`run.json`'s content: the accountant's summary and the meter's faults (over all ranks when summed)."""
+        summary = accountant.summary()
+        meter = self._meter
+        windows, seconds = float(meter.fault_windows), meter.fault_seconds
+        if self._world_size > 1 and self._global_totals is not None:
+            windows, seconds = self._global_totals[len(REDUCED_FIELDS):]
+        summary["meter_faults"] = {
+            "windows": int(windows),
+            "seconds": seconds,
+            "reasons": dict(meter.faults),
+            "method": "windows whose reading was failed, bad or late, estimated and labelled "
+                      "(modeled:last-avg-power or modeled:tdp-fallback); reasons as seen by this process",
+        }
+        return summary
 
     # ------------------------------------------------------------------------------------------- projection
     def _maybe_project(self) -> None:
         """Once `PROJECT_AFTER` of a run of known length (and 3 intervals) is done, logs the projected total once."""
-        acct = self._accountant
+        acct, sample = self._accountant, self._projection
         if (
-            self._total_steps is None
-            or acct.steps < PROJECT_AFTER * self._total_steps
+            acct.steps < PROJECT_AFTER * self._total_steps
             or acct.steps >= self._total_steps
-            or len(self._projection_records) < 3  # the first is warm-up: at least two steady ones
+            or sample.intervals < 3  # the first is warm-up: at least two steady ones
         ):
             return
-        self._projection_done = True
-        records, self._projection_records = self._projection_records, []
+        self._projection = None
+        records = sample.records
         try:
             from carbon_callbacks._reports.projection import project
 

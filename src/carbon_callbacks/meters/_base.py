@@ -112,7 +112,11 @@ class MeterBase(abc.ABC):
 
     Attributes:
         notes: what the meter detected and assumed (device names, TDP and its source), for logs and reports.
+        reads_may_block: whether a reading can hang (a driver call); the run then reads it on a worker thread with a
+            timeout (`CheckedMeter`). `True` unless a subclass knows better (file and clock reads only).
     """
+
+    reads_may_block = True
 
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._clock: Callable[[], float] = clock or time.perf_counter

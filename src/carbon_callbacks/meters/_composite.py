@@ -38,6 +38,11 @@ class CompositeMeter(MeterBase):
         raise NotImplementedError
 
     @property
+    def reads_may_block(self) -> bool:
+        """Whether any of the meters' readings can hang."""
+        return any(getattr(meter, "reads_may_block", True) for meter in self.meters)
+
+    @property
     def devices(self) -> tuple[str, ...]:
         return tuple(d for meter in self.meters for d in meter.devices)
 

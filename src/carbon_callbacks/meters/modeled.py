@@ -64,6 +64,8 @@ class ConstantPowerMeter(MeterBase):
         {'gpu': 600.0}
     """
 
+    reads_may_block = False  # clock and counter-file reads only
+
     def __init__(
         self,
         watts: Mapping[str, float] | None = None,
@@ -313,6 +315,8 @@ class ModeledCpuMeter(MeterBase):
         unknown; the per-thread share of the reference CPU is an estimate: pass `tdp_w` and `threads_per_socket`
         of your host when you know them. Child CPU time enters only when the child has been waited for.
     """
+
+    reads_may_block = False  # clock and counter-file reads only
 
     METHOD = "modeled:tdp*util"
     DRAM_METHOD = "modeled:rss*w-per-gb"

@@ -55,6 +55,8 @@ class RaplMeter(CounterMeter):
         gone) switches that domain to its average power so far (`modeled:last-avg-power`), with one warning.
     """
 
+    reads_may_block = False  # clock and counter-file reads only
+
     def __init__(
         self,
         root: str | os.PathLike = DEFAULT_ROOT,

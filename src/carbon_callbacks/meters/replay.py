@@ -126,6 +126,8 @@ class ReplayMeter(MeterBase):
         3
     """
 
+    reads_may_block = False  # clock and counter-file reads only
+
     def __init__(
         self,
         energy_j: float | Sequence[float],

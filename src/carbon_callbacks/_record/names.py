@@ -1,0 +1,10 @@
+"""The files of a run folder."""
+
+#: The run's summary, replaced atomically at every flush.
+RUN_FILE = "run.json"
+#: One JSON record per logging interval, appended in batches.
+STEPS_FILE = "steps.jsonl"
+#: The report card in Markdown (`carbon-callbacks report RUN_DIR --markdown`), written at a run's end.
+REPORT_FILE = "report.md"
+#: Created with `O_EXCL` to claim the folder for one run; holds the run's id, and is locked while a process writes.
+CLAIM_FILE = ".carbon-run"

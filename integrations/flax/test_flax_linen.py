@@ -62,7 +62,7 @@ def test_co2e_is_energy_times_intensity(tmp_path):
 
 
 def test_mfu_with_a_known_chip(tmp_path):
-    step = track(make_linen_step(), **SITE, chip="a100", dtype="bf16", meter=FixedMeter(seconds=2.0),
+    step = track(make_linen_step(), **SITE, chip="a100-40gb", dtype="bf16", meter=FixedMeter(seconds=2.0),
                  log_every_n_steps=2, output_dir=tmp_path)
     _, history = run(step, 2)
     peak = step.summary()["peak_flops_per_chip"]

@@ -122,7 +122,7 @@ def test_counted_flops_match_the_analytic_count(loops, api, name, tmp_path):
 def test_given_model_flops_drive_mfu_while_the_moe_pads(loops, tmp_path):
     analytic = transformer_flops(CONFIGS["switch"])
     assert analytic.hardware_flops > analytic.model_flops  # capacity padding
-    step, history = loops("linen", "switch").run(tmp_path, flops=analytic.model_flops, chip="a100")
+    step, history = loops("linen", "switch").run(tmp_path, flops=analytic.model_flops, chip="a100-40gb")
     step.close()
     summary = step.summary()
     assert history[-1]["carbon/flops"] == analytic.model_flops

@@ -39,7 +39,7 @@ WINDOW_KWH = 90.0 * 1.2 / J_PER_KWH
 
 
 def fit(tmp_path, module=None, max_steps=8, log_every_n_steps=2, ckpt_path=None, **callback_kwargs):
-    args = {**SITE, "meter": FixedMeter(), "chip": "a100", **callback_kwargs}
+    args = {**SITE, "meter": FixedMeter(), "chip": "a100-40gb", **callback_kwargs}
     callback = CarbonCallback(**args)
     run = trainer(tmp_path, [callback], max_steps=max_steps, log_every_n_steps=log_every_n_steps)
     module = module or LitGPT()

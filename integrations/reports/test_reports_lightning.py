@@ -141,7 +141,7 @@ def test_whatif_on_real_runs(runs):
     assert twin.factor == pytest.approx(switch_hw / (summary["total_hardware_flops"] / STEPS))
     assert summary["total_hardware_flops"] / STEPS == pytest.approx(dense_hw, rel=0.01)
     assert rows[("actual", "fr", 1.1)].net_co2e_kg == pytest.approx(summary["it_energy_kwh"] * 1.1 * 0.04418)
-    h100 = whatif(summary, chips=["h100"], mfu=0.4)
+    h100 = whatif(summary, chips=["h100-sxm"], mfu=0.4)
     h100_row = next(s for s in h100 if s.chip == "h100-sxm" and s.model == "actual" and s.pue == 1.2)
     assert h100_row.it_energy_kwh == pytest.approx(summary["total_model_flops"] / (67e12 * 0.4) * 700 / 3.6e6)
 

@@ -84,3 +84,43 @@ def check_count(field: str, value: object, *, minimum: int = 1) -> int:
     if number != int(number):
         raise InvalidInputError(f"{field} must be a whole number, got {value!r}.")
     return int(number)
+
+
+def check_intensity(field: str, value: object) -> float:
+    """A carbon intensity in kg CO2e/kWh, refused above `MAX_KG_PER_KWH` with the likely mistake named (g/kWh)."""
+    from carbon_callbacks._constants import MAX_KG_PER_KWH
+
+    number = check_number(field, value, non_negative=True)
+    if number > MAX_KG_PER_KWH:
+        raise InvalidInputError(
+            f"{field} must be in kg CO2e/kWh, at most {MAX_KG_PER_KWH:g} (the dirtiest grids average about 1.1), got "
+            f"{value!r}: that looks like g CO2e/kWh; pass {number / 1000:g}."
+        )
+    return number
+
+
+def check_pue(value: object, field: str = "pue") -> float:
+    """A PUE (facility energy / IT energy): at least 1, at most `MAX_PUE`."""
+    from carbon_callbacks._constants import MAX_PUE
+
+    number = check_number(field, value, at_least=1.0)
+    if number > MAX_PUE:
+        hint = f"; a percentage? pass {number / 100:g}" if 100 <= number <= 100 * MAX_PUE else ""
+        raise InvalidInputError(
+            f"{field} must be between 1 and {MAX_PUE:g} (surveyed datacentres average about 1.5), got {value!r}{hint}."
+        )
+    return number
+
+
+def check_watts(field: str, value: object, *, positive: bool = True) -> float:
+    """An average power per chip in W, at most `MAX_W_PER_CHIP`."""
+    from carbon_callbacks._constants import MAX_W_PER_CHIP
+
+    number = check_number(field, value, positive=positive, non_negative=not positive)
+    if number > MAX_W_PER_CHIP:
+        hint = f": that looks like mW; pass {number / 1000:g}" if number > 1000 * 100 else ""
+        raise InvalidInputError(
+            f"{field} must be watts per chip, at most {MAX_W_PER_CHIP:g} (the densest module, a GB200 superchip, is "
+            f"rated 2.7 kW), got {value!r}{hint}."
+        )
+    return number

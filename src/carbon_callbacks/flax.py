@@ -36,7 +36,7 @@ class StepCounters(NamedTuple):
     """What the wrapper has seen so far; replaced, never mutated (read it with `TrackedStep.counters`).
 
     Attributes:
-        steps: calls of the step since the run began (the step number of each `steps.jsonl` record).
+        steps: calls of the step since the run began (the step number of each `steps.csv` record).
         signatures: distinct input shapes/dtypes seen, i.e. FLOP counts made.
     """
 
@@ -267,7 +267,7 @@ def track(
         UnknownNameError: for a region or chip not in the tables.
 
     Example:
-        >>> with track(train_step, region="us-central1", chip="a100") as step:  # doctest: +SKIP
+        >>> with track(train_step, region="us-central1", chip="a100-40gb") as step:  # doctest: +SKIP
         ...     for batch in batches:
         ...         state, metrics = step(state, batch)  # metrics now holds carbon/co2e_kg, carbon/flops, ...
         >>> writer.write_scalars(step.counters.steps, step.metrics())  # doctest: +SKIP  (the totals of run.json)

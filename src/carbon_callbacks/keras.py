@@ -38,7 +38,7 @@ class CarbonCallback(keras.callbacks.Callback):
     (when the chip's peak is known) `carbon/mfu` into the `logs` dict; between intervals the last values are
     carried. It runs first among the fit's callbacks wherever it is in `callbacks=[...]`, so `History`, `CSVLogger`,
     `TensorBoard` and the progress bar all show them. At the end of training it prints the report once and writes
-    `run.json`, `steps.jsonl` and `report.md`.
+    `run.json`, `steps.csv` and `report.md`.
 
     Args:
         region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type,
@@ -224,7 +224,7 @@ class CarbonCallback(keras.callbacks.Callback):
             self.session.close_interval(epoch=epoch)
             if logs is not None:
                 logs.update(self.session.metrics)
-            self.session.flush()  # a crash later leaves run.json and steps.jsonl as of this epoch
+            self.session.flush()  # a crash later leaves run.json and steps.csv as of this epoch
 
     @guarded
     def on_train_end(self, logs=None):

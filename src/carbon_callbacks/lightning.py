@@ -38,7 +38,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     call, into the same logger rows as the user's loss; between them the callback only adds a few numbers in
     memory. The run's facts (site, chip, methods) go to every logger's hyperparameters. When training ends, or
     raises, every logger gets one last row with the run's totals, equal to `run.json`; global rank 0 prints the
-    report and writes `run.json`, `steps.jsonl` and `report.md`, attached to the MLflow or W&B run.
+    report and writes `run.json`, `steps.csv` and `report.md`, attached to the MLflow or W&B run.
 
     Args:
         region, intensity, net_intensity, pue, chip, dtype, flops, meter, nvml, rapl, training_type,
@@ -58,7 +58,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     Example:
         >>> import pytorch_lightning as pl
         >>> from carbon_callbacks.lightning import CarbonCallback
-        >>> trainer = pl.Trainer(max_steps=100, callbacks=[CarbonCallback(region="us-central1", chip="a100")])
+        >>> trainer = pl.Trainer(max_steps=100, callbacks=[CarbonCallback(region="us-central1", chip="a100-40gb")])
 
     Notes:
         How Lightning's hooks, accumulation, strategies and failures map onto the run: `docs/adapters.md`.
@@ -126,7 +126,6 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             info={
                 "framework": _lightning.framework_of(trainer),
                 "model": type(pl_module).__name__,
-                "params_total": sum(p.numel() for p in pl_module.parameters()),
                 "params_source": "counted: module parameters",
             },
             total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
@@ -199,8 +198,9 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             logger.save()
 
     def _log_params(self, trainer) -> None:
-        """The run's facts through every logger's `log_hyperparams`, once per run (rank 0)."""
-        if self._params_logged or trainer.global_rank != 0:
+        """The run's facts through every logger's `log_hyperparams` (rank 0): at the first row, and at the end with
+        the final methods (`RunSession.params`)."""
+        if trainer.global_rank != 0 or self._params_logged and self.session.running:
             return
         self._params_logged = True
         params = self.session.params()
@@ -239,15 +239,22 @@ def _same(a: dict[str, float], b: dict[str, float]) -> bool:
 
 def _run_folder(trainer) -> tuple[Path | None, Path]:
     """The run folder that follows the first logger's identity (its version folder, else its run id), and where a
-    new timestamped folder goes without a logger."""
+    new timestamped folder goes without a logger. Both stay inside the logger's save folder (else the Trainer's root):
+    a name, version or run id that would lead out of it (`../x`, an absolute path) is reduced to a safe name."""
+    from carbon_callbacks._record.folder import is_within, safe_name
+
     root = Path(trainer.default_root_dir) / RUN_SUBDIR
     logger = trainer.logger
     if logger is None:
         return None, root
     log_dir = getattr(logger, "log_dir", None)  # CSV and TensorBoard: version_N
     if isinstance(log_dir, str):
-        return Path(log_dir) / RUN_SUBDIR, root
-    return root / str(logger.version), root  # MLflow's run id, W&B's run id
+        save_dir = Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
+        if is_within(Path(log_dir), save_dir):
+            return Path(log_dir) / RUN_SUBDIR, root
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return save_dir / safe_name(logger.name or "_") / safe_name(version) / RUN_SUBDIR, root
+    return root / safe_name(logger.version), root  # MLflow's run id, W&B's run id
 
 
 def _count_step(module, batch, batch_idx):

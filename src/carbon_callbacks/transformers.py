@@ -34,7 +34,7 @@ class CarbonCallback(_hf.TrainerCallback):
     Every training row the Trainer logs (its `logging_steps`) gets the `carbon/*` keys, so `report_to`
     (TensorBoard, W&B, MLflow, ...) and `trainer.state.log_history` (saved in `trainer_state.json`) hold them next
     to the loss; the row the Trainer logs after the last step (`train_runtime`) holds the finished run's totals,
-    equal to `run.json`. The process of global rank 0 writes `run.json`, `steps.jsonl` and `report.md` into
+    equal to `run.json`. The process of global rank 0 writes `run.json`, `steps.csv` and `report.md` into
     `<output_dir>/carbon/<timestamp>` and prints the report; an active MLflow or W&B run gets the run's facts as
     params and its files. Checkpoints carry the totals: a `resume_from_checkpoint` continues them in the same
     folder.
@@ -46,7 +46,7 @@ class CarbonCallback(_hf.TrainerCallback):
         num_chips: chips in the whole run. Defaults to `None`: the Trainer's world size.
         output_dir: where rank 0 writes the run files. Defaults to `None`: a new `carbon/<timestamp>` inside the
             Trainer's `output_dir`.
-        log_every_n_steps: also close a logging interval every this many optimizer steps (in `steps.jsonl`).
+        log_every_n_steps: also close a logging interval every this many optimizer steps (in `steps.csv`).
             Defaults to `None`: the intervals are the Trainer's log rows (`logging_steps`).
 
     Raises:
@@ -157,7 +157,6 @@ class CarbonCallback(_hf.TrainerCallback):
             info={
                 "framework": _hf.version(),
                 "model": type(model).__name__,
-                "params_total": sum(p.numel() for p in model.parameters()),
                 "params_source": "counted: module parameters",
             },
             total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
@@ -270,11 +269,12 @@ class CarbonCallback(_hf.TrainerCallback):
 
     # ------------------------------------------------------------------------------------------- trackers, resume
     def _to_trackers(self, files: bool) -> None:
-        """The run's facts to the active MLflow run's params and W&B run's config (once per run); with `files`, its
-        `run.json` and `report.md` too (the report_to integrations log to those active runs)."""
+        """The run's facts to the active MLflow run's params and W&B run's config (at the first row, and at the end
+        with the final methods); with `files`, its `run.json` and `report.md` too (the report_to integrations log to
+        those active runs)."""
         from carbon_callbacks._loggers import attach_to_active_runs, log_params_to_active_runs
 
-        if not self._params_logged:
+        if not self._params_logged or files:
             self._params_logged = True
             log_params_to_active_runs(self.session.params())
         if files and self.session.run_dir is not None:

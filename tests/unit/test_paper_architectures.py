@@ -148,7 +148,7 @@ def test_estimate_with_mfu_uses_the_chips_dense_peak():
         ({"tokens": 1e9, "days": 1}, "tokens needs model"),
         ({"model": "gpt3", "tokens": 1e9, "days": 1}, "exactly one way"),
         ({"model": "gpt3", "tokens": 1e9, "mfu": 0.4}, "mfu needs chip"),
-        ({"model": "gpt3", "tokens": 1e9, "mfu": 1.5, "chip": "h100"}, "mfu must be at most 1"),
+        ({"model": "gpt3", "tokens": 1e9, "mfu": 1.5, "chip": "h100-sxm"}, "mfu must be at most 1"),
         ({"model": "gpt3", "tokens": 1e9, "mfu": 0.4, "tflops_achieved": 100}, "one way: tflops_achieved or mfu"),
         ({"model": "gpt3", "tokens": 1e9}, "tflops_achieved is required"),
         ({"model": 42, "tokens": 1e9, "tflops_achieved": 1}, "model must be a bundled model name"),

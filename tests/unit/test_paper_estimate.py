@@ -116,7 +116,7 @@ def test_estimate_api_bad_input():
 
 
 def test_estimate_flops_with_mfu_of_the_chip():
-    result = estimate(chips=8, flops=1e21, mfu=0.4, chip="h100", dtype="bf16", intensity=0.4)
+    result = estimate(chips=8, flops=1e21, mfu=0.4, chip="h100-sxm", dtype="bf16", intensity=0.4)
     assert result.hours == pytest.approx(1e21 / (8 * 0.4 * 989.5e12) / 3600)
     assert result.flops_method == "given"
 

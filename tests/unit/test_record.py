@@ -22,6 +22,7 @@ from carbon_callbacks._record import store as store_module
 from carbon_callbacks._record.folder import claim_existing, claim_for_new_run, claim_fresh, claim_new
 from carbon_callbacks._record.names import CLAIM_FILE, RUN_FILE, STEPS_FILE
 from carbon_callbacks._record.reader import read_run_files
+from carbon_callbacks._record.schema import HEADER, step_line
 from carbon_callbacks._record.steplog import StepLog, gaps
 from carbon_callbacks._record.store import RunStore
 from carbon_callbacks._reports.report import read_report
@@ -38,7 +39,7 @@ def records(n: int, start: int = 1) -> list[dict]:
 
 
 def lines(items: list[dict]) -> bytes:
-    return b"".join((json.dumps(r) + "\n").encode() for r in items)
+    return "".join(step_line(r) for r in items).encode()
 
 
 def session(tmp_path, **kwargs) -> RunSession:
@@ -108,7 +109,7 @@ def test_a_failed_append_is_cut_back_and_written_whole_later(tmp_path, monkeypat
     monkeypatch.setattr(steplog_module.os, "pwrite", disk_full)
     with pytest.raises(OSError, match="No space left"):
         log.append(lines(records(3, start=3)), [(3, 5)])
-    assert (tmp_path / STEPS_FILE).read_bytes() == lines(records(2))  # whole records only
+    assert (tmp_path / STEPS_FILE).read_bytes() == HEADER.encode() + lines(records(2))  # whole records only
     monkeypatch.setattr(steplog_module.os, "pwrite", real)
     log.append(lines(records(3, start=3)), [(3, 5)])
     assert [r["step"] for r in read_run(tmp_path)[1]] == [1, 2, 3, 4, 5]  # nothing twice, nothing spliced
@@ -120,14 +121,14 @@ def test_a_torn_tail_left_by_a_failed_cut_is_trimmed_before_the_next_append(tmp_
     log.create()
     log.append(lines(records(1)), [(1, 1)])
     with open(tmp_path / STEPS_FILE, "ab") as handle:
-        handle.write(b'{"step": 2, "num_st')  # what a crash mid-write (or a cut that failed) leaves
+        handle.write(b"2,1,2,,17650")  # what a crash mid-write (or a cut that failed) leaves
     log.append(lines(records(1, start=2)), [(2, 2)])
     assert [r["step"] for r in read_run(tmp_path)[1]] == [1, 2]
 
 
 def test_reopening_trims_a_torn_tail_and_the_records_past_a_checkpoint(tmp_path):
     path = tmp_path / STEPS_FILE
-    path.write_bytes(lines(records(6)) + b'{"step": 7, "num_st')
+    path.write_bytes(HEADER.encode() + lines(records(6)) + b"7,1,7,")
     log = StepLog(path)
     trimmed = log.reopen(keep_steps=4)
     assert trimmed.records == 2 and trimmed.steps == 2 and trimmed.torn_tail
@@ -136,11 +137,13 @@ def test_reopening_trims_a_torn_tail_and_the_records_past_a_checkpoint(tmp_path)
     assert log.covered == [[1, 4]] and log.records == 4
 
 
-def test_a_log_of_an_older_version_is_trimmed_by_its_step_counts(tmp_path):
-    path = tmp_path / STEPS_FILE
-    path.write_bytes(lines([{"step": i, "num_steps": 5} for i in range(4)]))  # no cum_steps
-    StepLog(path).reopen(keep_steps=10)
-    assert len(read_run(tmp_path)[1]) == 2
+def test_a_log_of_an_older_version_is_read_trimmed_and_continued_in_its_format(tmp_path):
+    path = tmp_path / "steps.jsonl"  # JSON lines, no cum_steps
+    path.write_bytes(b"".join((json.dumps({"step": i, "num_steps": 5}) + "\n").encode() for i in range(4)))
+    log = StepLog(path)
+    log.reopen(keep_steps=10)
+    log.append(log.line({"step": 9, "num_steps": 5}), [(11, 15)])
+    assert [r["step"] for r in read_run(tmp_path)[1]] == [0, 1, 9]
 
 
 def test_gaps_are_the_steps_no_record_covers():
@@ -150,15 +153,21 @@ def test_gaps_are_the_steps_no_record_covers():
 
 # ------------------------------------------------------------------------------------------- readers
 def test_readers_skip_a_torn_last_line_silently_and_name_any_other_bad_line(tmp_path):
-    torn = b'{"step": 4'
-    (tmp_path / STEPS_FILE).write_bytes(lines(records(2)) + b"not json\n" + lines(records(1, 3)) + torn)
+    bad = b"3,1,3,,1765000000.0,abc" + b"," * 18 + b"\n"  # a string where a number goes
+    negative = lines([{**records(1, 4)[0], "it_energy_j": -1.0}])
+    (tmp_path / STEPS_FILE).write_bytes(HEADER.encode() + lines(records(2)) + bad + b"1,2\n" + negative
+                                        + lines(records(1, 5)) + b"6,1,6,")  # ... and a torn last line
     files = read_run_files(tmp_path)
-    assert [r["step"] for r in files.records] == [1, 2, 3]
-    assert any("line 3 is not valid JSON (skipped)" in p for p in files.problems)
-    assert any("line 5 was cut short by a crash" in p for p in files.problems)
-    with pytest.warns(CarbonCallbacksWarning, match="line 3 is not valid JSON"):
+    assert [r["step"] for r in files.records] == [1, 2, 5]
+    assert files.problems[:3] == [
+        f"{tmp_path / STEPS_FILE}: line 4: field 'seconds': expected a number, got 'abc' (skipped)",
+        f"{tmp_path / STEPS_FILE}: line 5: has 2 fields where the header names 24 (skipped)",
+        f"{tmp_path / STEPS_FILE}: line 6: field 'it_energy_j': expected a number >= 0, got -1.0 (skipped)",
+    ]
+    assert "line 8 was cut short by a crash" in files.problems[3]
+    with pytest.warns(CarbonCallbacksWarning, match="line 4: field 'seconds'"):
         read_run(tmp_path)
-    assert any("line 3 is not valid JSON" in note for note in read_report(tmp_path).notes)
+    assert any("line 4: field 'seconds'" in note for note in read_report(tmp_path).notes)
 
 
 # ------------------------------------------------------------------------------------------- the store
@@ -235,7 +244,7 @@ def test_a_removed_folder_is_made_again_and_the_lost_records_are_named(tmp_path,
     assert summary["steps"] == 4 and summary["step_log"]["gaps"] == [[1, 3]] and summary["step_log"]["lost"] == 3
     assert read_run(tmp_path / "run")[0]["step_log"]["steps_covered"] == 1
     note = next(n for n in read_report(tmp_path / "run").notes if "covers" in n)
-    assert note == "steps.jsonl covers 1 of the 4 steps in the totals; missing steps 1-3"
+    assert note == "steps.csv covers 1 of the 4 steps in the totals; missing steps 1-3"
 
 
 def test_records_beyond_the_buffer_are_dropped_and_recorded_as_a_gap(tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ def test_step_log_without_run_json(tmp_path):
     assert s["pue"] == pytest.approx(1.2) and s["gross_kg_per_kwh"] == pytest.approx(0.5)
     assert s["net_kg_per_kwh"] == pytest.approx(0.2)
     assert s["total_model_flops"] == 20e9
-    assert s["sources"]["pue"] == "derived from steps.jsonl (run.json missing)"
+    assert s["sources"]["pue"] == "derived from steps.csv (run.json missing)"
     assert report.missing[0].startswith("run.json: missing")
     assert "processor: needs run.json" in report.missing
     assert dict((n, v) for n, v, _ in report.rows())["MFU"] is None
@@ -213,10 +213,10 @@ def test_run_json_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, co
     assert len(err_lines) == 1 and str(tmp_path / RUN_FILE) in err_lines[0], captured.err
     assert "Traceback" not in captured.err
     (tmp_path / RUN_FILE).write_text("{}")
-    (tmp_path / STEPS_FILE).write_text('{"step": 0}\n[1, 2]\n{"step": 2}\n')
+    (tmp_path / "steps.jsonl").write_text('{"step": 0}\n[1, 2]\n{"step": 2}\n')  # an older version's log
     report = read_report(tmp_path)  # the bad line is skipped and named, the run is read
     assert [r["step"] for r in report.records] == [0, 2]
-    assert any("steps.jsonl: line 2 is not a JSON object (a step record), got an array (skipped)" in note
+    assert any("steps.jsonl: line 2: not a JSON object (a step record), got an array (skipped)" in note
                for note in report.notes), report.notes
 
 

@@ -135,7 +135,7 @@ def test_a_resume_trims_what_came_after_its_checkpoint_and_writes_the_open_inter
     state = _crashed_run(tmp_path)
     assert state["steps"] == 5 and state["pending_record"]["num_steps"] == 2
     with open(tmp_path / STEPS_FILE, "ab") as handle:
-        handle.write(b'{"step": 99, "num_st')  # a crash mid-write
+        handle.write(b"99,1,8,,17650")  # a crash mid-write
     resumed = session(None, FixedMeter())
     resumed.load_state_dict(state)
     resumed.start()

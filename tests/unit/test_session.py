@@ -461,9 +461,12 @@ def test_the_run_folder_holds_the_report_and_params_name_the_facts(tmp_path):
     session.start()
     session.step_end(flops=flops())
     params = session.params()
-    assert params["carbon/chip"] == "v100" and params["carbon/energy_method"] == "measured:nvml"
+    assert params["carbon/chip"] == "v100" and "carbon/energy_method" not in params  # not final yet
     assert params["carbon/pue"] == 1.2 and params["carbon/version"] == carbon_callbacks.__version__
     summary = session.finish()
+    final = session.params()
+    assert final["carbon/energy_method"] == "measured:nvml" and final["carbon/flops_method"] == "not counted"
+    assert {k: v for k, v in final.items() if k in params} == params  # the facts logged first do not change
     assert summary["info"]["training_type"] == "fine-tuning"
     assert "co2_eq_emissions:" in (tmp_path / "report.md").read_text()
 

@@ -64,7 +64,7 @@ def test_sorted_by_net_co2e(tmp_path):
 
 def test_other_chip_scales_by_flops_per_watt(tmp_path):
     summary = make_run(tmp_path)
-    a100 = by_key(whatif(summary, chips=["a100"]))[("actual", "a100-40gb", "given intensity", 1.2)]
+    a100 = by_key(whatif(summary, chips=["a100-40gb"]))[("actual", "a100-40gb", "given intensity", 1.2)]
     # 20e9 FLOPs / (312 TFLOP/s fp16 x the run's MFU) x 400 W TDP
     assert a100.it_energy_kwh == pytest.approx(20e9 / (312e12 * MFU) * 400.0 / 3.6e6)
     assert a100.how.startswith("estimate: FLOPs / (312 TFLOP/s fp16 x MFU")
@@ -77,7 +77,7 @@ def test_other_chip_scales_by_flops_per_watt(tmp_path):
 def test_chip_without_mfu_asks_for_one(tmp_path):
     summary = make_run(tmp_path, chip=None)
     with pytest.raises(InvalidInputError, match="pass mfu="):
-        whatif(summary, chips=["h100"])
+        whatif(summary, chips=["h100-sxm"])
     with pytest.raises(UnknownNameError, match="Unknown chip"):
         whatif(make_run(tmp_path / "b"), chips=["h1000-ultra"])
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from carbon_callbacks._errors import InvalidInputError, check_number
+from carbon_callbacks._errors import InvalidInputError, check_number, check_watts
 from carbon_callbacks._paper.architectures import architecture_flops, get_paper_model, with_lengths
 from carbon_callbacks._paper.embodied import embodied_co2e
 from carbon_callbacks._site.site import Site, resolve_site
@@ -229,7 +229,7 @@ def estimate(
             sources["hours"] = f"flops / (chips x achieved FLOP/s) / 3600; achieved = {achieved_how}"
 
     if watts is not None:
-        watts_per_chip = check_number("watts", watts, positive=True)
+        watts_per_chip = check_watts("watts", watts)
         sources["watts_per_chip"] = "given"
     elif chip_entry is not None:
         entry = chip_entry

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,14 @@ def reclaim(claim: Claim) -> None:
         raise
     _locked(fd)
     claim._fd = fd
+
+
+def safe_name(name: object) -> str:
+    """`name` as one folder name that stays where it is put: path separators, `..` and characters outside
+    letters, digits, `.`, `_` and `-` become `_` (a logger's name, version or run id can hold any of them)."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(name))
+    text = re.sub(r"\.{2,}", "_", text)
+    return text if text.strip("._") else "_"
 
 
 def is_within(path: Path, folder: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from carbon_callbacks._record.folder import claim_existing, claim_for_new_run, claim_fresh, is_within
 from carbon_callbacks._record.names import STEPS_FILE
-from carbon_callbacks._record.reader import read_summary
+from carbon_callbacks._record.reader import read_summary, steps_path
 from carbon_callbacks._record.steplog import StepLog, Trimmed, number, record_end
 from carbon_callbacks._record.store import RunStore
 
@@ -122,7 +122,7 @@ def _resume(place: Place, restored: dict, warn, say) -> Opened:
         return Opened(store, "forked", why=why)
     pending = restored.get("pending_record")
     pending_steps = int(pending.get("num_steps", 0)) if isinstance(pending, dict) else 0
-    log = StepLog(folder / STEPS_FILE)
+    log = StepLog(steps_path(folder))
     try:
         trimmed = log.reopen(keep_steps=steps - pending_steps)
     except OSError:

@@ -1,4 +1,4 @@
-"""`steps.jsonl`: an append-only log that holds whole records only.
+"""The step log (`steps.csv`): an append-only log that holds whole records only.
 
 Appending is not atomic: a write can stop part-way (a full disk) and leave part of a record. The log keeps the size
 of its whole records. An append that fails is cut back to that size before the error goes up, and an append that
@@ -7,7 +7,8 @@ not written stay with the caller, to be written when the disk returns. The log a
 its records cover (`covered`), so the run can say where it is short.
 
 Each record carries `cum_steps`, the run's step count at its end (logs of older versions: the running sum of
-`num_steps`), so a resume can trim what came after its checkpoint.
+`num_steps`), so a resume can trim what came after its checkpoint. A run of an older version, resumed, goes on
+writing its `steps.jsonl` in that format.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carbon_callbacks._record.reader import scan_lines
+from carbon_callbacks._record.schema import HEADER, step_line, strict_json
 
 
 def record_end(record: dict, previous_end: int) -> int:
@@ -63,28 +65,40 @@ class Trimmed:
     torn_tail: bool = False
 
 
+#: Columns a resume reads to trim the log (the rest are not parsed).
+_TRIM_COLUMNS = ("num_steps", "cum_steps", "seconds", "step_energy_kwh")
+
+
 class StepLog:
     """The step log at `path`: whole records only, and which steps they cover.
 
     Args:
-        path: the `steps.jsonl` file.
+        path: the `steps.csv` file (or an older version's `steps.jsonl`, continued in its format).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.size = 0  # bytes of whole records in the file
+        self.legacy = path.suffix == ".jsonl"
+        self.size = 0  # bytes of the header and the whole records in the file
         self.records = 0
         self.covered: list[list[int]] = []
 
+    def line(self, record: dict) -> bytes:
+        """One record as a line of this log."""
+        if self.legacy:
+            return (strict_json(record, separators=(",", ":")) + "\n").encode()
+        return step_line(record).encode()
+
     def create(self) -> None:
-        """Starts an empty log (a new run).
+        """Starts an empty log (a new run): the CSV header alone.
 
         Raises:
-            OSError: when the file cannot be created.
+            OSError: when the file cannot be written.
         """
-        with open(self.path, "wb"):
-            pass
-        self.size, self.records, self.covered = 0, 0, []
+        header = b"" if self.legacy else HEADER.encode()
+        with open(self.path, "wb") as handle:
+            handle.write(header)
+        self.size, self.records, self.covered = len(header), 0, []
 
     def reopen(self, keep_steps: int | None = None) -> Trimmed:
         """Continues the log of a run: trims a torn last line and, with `keep_steps`, every record that ends past
@@ -96,14 +110,17 @@ class StepLog:
         Raises:
             OSError: when the file cannot be read or cut.
         """
-        cut, end, torn = 0, 0, False
+        cut, end, torn, header = 0, 0, False, self.legacy
         covered: list[list[int]] = []
         kept = trimmed = trimmed_steps = 0
         seconds = energy = 0.0
-        for line in scan_lines(self.path):
+        for line in scan_lines(self.path, _TRIM_COLUMNS):
             if line.torn:
                 torn = True
                 break
+            if line.header:
+                cut, header = line.end, True
+                continue
             if line.record is None:  # a bad line in the middle is kept, and named by the readers
                 cut = line.end if not trimmed else cut
                 continue
@@ -120,6 +137,9 @@ class StepLog:
             kept += 1
             add_range(covered, first, end)
             cut = line.end
+        if not header:  # a CSV log that lost its header (or never had one): it starts again
+            self.create()
+            return Trimmed(trimmed, trimmed_steps, seconds, energy, torn)
         if self.path.exists() and self.path.stat().st_size != cut:
             os.truncate(self.path, cut)
         self.size, self.records, self.covered = cut, kept, covered

@@ -16,9 +16,7 @@ the records the step log holds, the steps they cover and the gaps, so a short lo
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from carbon_callbacks._record.folder import Claim, reclaim
 from carbon_callbacks._record.names import REPORT_FILE, RUN_FILE, STEPS_FILE
+from carbon_callbacks._record.schema import strict_json
 from carbon_callbacks._record.steplog import StepLog, gaps
 
 log = logging.getLogger(__name__)
@@ -40,25 +39,6 @@ MAX_BUFFERED = 10_000
 MAX_GAPS_LISTED = 100
 
 
-def _finite(value):
-    """`value` with every non-finite float replaced by `None` (strict JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def dumps(value, **options) -> str:
-    """Strict JSON: a non-finite number is written as `null`."""
-    try:
-        return json.dumps(value, allow_nan=False, **options)
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False, **options)
-
-
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Writes `payload` to `path` so that readers see the old file or the new one, never a mix (a temporary file,
     synced, then renamed over it).
@@ -69,7 +49,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(dumps(payload, indent=2, sort_keys=True) + "\n")
+            handle.write(strict_json(payload, indent=2, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -131,7 +111,7 @@ class RunStore:
         """Keeps one record (covering the run's steps `first_step`..`last_step`) until the next flush."""
         if self.log is None:
             return
-        self._buffer.append(((dumps(record, separators=(",", ":")) + "\n").encode(), first_step, last_step))
+        self._buffer.append((self.log.line(record), first_step, last_step))
         if len(self._buffer) > self._max_buffered:
             self._buffer.popleft()
             self.dropped += 1

@@ -1,15 +1,23 @@
 """Step logs as pandas DataFrames: one run, or several in one frame for comparison.
 
-pandas is imported inside `load_run` only, so `import carbon_callbacks` never pays for it (extra `reports`).
+pandas is imported inside `load_run` only, so `import carbon_callbacks` never pays for it (extra `reports`). A
+`steps.csv` is read by `pandas.read_csv` with each column's dtype (a million records in about a second), then
+checked as every reader checks it (finite, not negative where a field cannot be); a log with a bad line, or an older
+version's `steps.jsonl`, is read line by line instead, and each bad line is named in a warning.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._record.reader import read_run_files, steps_path
+from carbon_callbacks._record.schema import AMOUNT, COUNT, SIGNED, STEP_COLUMNS, TEXT
 from carbon_callbacks._reports.report import read_report
+from carbon_callbacks._warnings import CarbonCallbacksWarning
 
 #: Columns every frame has, in this order, even when a run logged none of them.
 COLUMNS = (
@@ -33,7 +41,7 @@ def load_run(*run_dirs: str | os.PathLike, labels: list[str] | None = None):
     """Reads the step logs of one or more run directories into one pandas DataFrame.
 
     Args:
-        *run_dirs: run directories (each with `run.json` and/or `steps.jsonl`).
+        *run_dirs: run directories (each with `run.json` and/or a step log).
         labels: the `run` column's value for each directory. Defaults to `None`: the directory names (the full
             paths when two names clash).
 
@@ -64,18 +72,65 @@ def load_run(*run_dirs: str | os.PathLike, labels: list[str] | None = None):
     frames, summaries = [], {}
     for label, path in zip(labels, paths):
         report = read_report(path)
-        report.warn_problems()
         summaries[label] = report.summary
-        frame = pd.DataFrame.from_records(report.records)
+        frame = _step_frame(pd, path)
         for column in COLUMNS:
             if column not in frame.columns:
                 frame[column] = None
         frame["run"] = label
         if len(frame):
-            frame["cum_steps"] = frame["num_steps"].fillna(1).astype("int64").cumsum()
+            if frame["cum_steps"].isna().any():  # an older version's log: the running sum of its steps
+                frame["cum_steps"] = frame["num_steps"].fillna(1).astype("int64").cumsum()
             frame["elapsed_s"] = frame["seconds"].astype("float64").cumsum()
         extra = [c for c in frame.columns if c not in COLUMNS]
         frames.append(frame[list(COLUMNS) + extra])
     result = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     result.attrs["runs"] = summaries
     return result
+
+
+#: pandas dtypes of the step log's kinds of field (counts may be empty: pandas' nullable integer).
+_DTYPES = {COUNT: "Int64", AMOUNT: "float64", SIGNED: "float64", TEXT: "object"}
+
+
+def _step_frame(pd, run_dir: Path):
+    """The run's step records as a DataFrame: `read_csv` where the log is a clean `steps.csv`, else line by line."""
+    path = steps_path(run_dir)
+    if path.suffix == ".csv" and path.exists():
+        frame = _read_csv(pd, path)
+        if frame is not None:
+            return frame
+    files = read_run_files(run_dir)
+    for problem in files.problems:
+        if "cut short by a crash" not in problem:
+            warnings.warn(f"carbon-callbacks: {problem}", CarbonCallbacksWarning, stacklevel=4)
+    names = list(dict.fromkeys(key for record in files.records for key in record))
+    return pd.DataFrame({name: [record.get(name) for record in files.records] for name in names})
+
+
+def _read_csv(pd, path: Path):
+    """`steps.csv` read whole by pandas, or `None` when a line needs the careful reader (a bad cell, a negative
+    energy, a field too many)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(size - 65536, 0))
+        tail = handle.read()
+    whole = size - (len(tail) - tail.rfind(b"\n") - 1)  # up to the last newline: a torn last line is left out
+    try:
+        with open(path, "rb") as handle:
+            source = handle if whole == size else io.BytesIO(handle.read(whole))
+            frame = pd.read_csv(source, dtype={c: _DTYPES[k] for c, k in STEP_COLUMNS.items()},
+                                keep_default_na=False, na_values=[""])
+    except (ValueError, pd.errors.ParserError):
+        return None
+    import numpy
+
+    for column, kind in STEP_COLUMNS.items():
+        if column not in frame.columns or kind == TEXT:
+            continue
+        values = frame[column].astype("float64").to_numpy()
+        values = values[~numpy.isnan(values)]  # the empty cells
+        if not numpy.isfinite(values).all() or (kind != SIGNED and (values < 0).any()):
+            return None
+    return frame

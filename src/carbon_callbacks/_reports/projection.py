@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
 
@@ -115,7 +116,7 @@ class ProjectionSample:
         self.intervals = 0
 
     def add(self, record: dict) -> None:
-        """Adds one interval's record (`steps.jsonl` fields)."""
+        """Adds one interval's record (`steps.csv` fields)."""
         part = {k: record.get(k) for k in (*_SUMMED, *_LAST)}
         part["num_steps"] = part["num_steps"] or 1
         self.intervals += 1
@@ -150,7 +151,7 @@ def project(
     """Projects a run's total facility energy and CO2e from the step records of its first steps.
 
     Args:
-        records: step records as in `steps.jsonl` (`num_steps`, `step_energy_kwh`, `seconds`), in order.
+        records: step records as in `steps.csv` (`num_steps`, `step_energy_kwh`, `seconds`), in order.
         total_steps: the run's total length in steps (Lightning: `trainer.estimated_stepping_batches`; Keras:
             epochs x steps per epoch).
         gross_kg_per_kwh: gross intensity for the CO2e. Defaults to `None`: the one the records imply.
@@ -250,6 +251,7 @@ def project_run(run_dir, total_steps: int | None = None, *, after_steps: int | N
     Raises:
         InvalidInputError: when the total length is unknown or the log has no records.
     """
+    from carbon_callbacks._record.reader import scan_lines, steps_path
     from carbon_callbacks._reports.report import read_report
 
     report = read_report(run_dir)
@@ -259,20 +261,19 @@ def project_run(run_dir, total_steps: int | None = None, *, after_steps: int | N
             raise InvalidInputError(
                 f"total_steps is unknown for {report.run_dir}: pass it (the run logged no projection)."
             )
-    records = report.records
     if after_steps is not None:
         after_steps = check_count("after_steps", after_steps)
-        kept, seen = [], 0
-        for record in records:
-            if seen >= after_steps:
-                break
-            kept.append(record)
-            seen += record.get("num_steps", 1)
-        records = kept
+    sample, seen = ProjectionSample(), 0  # in bounded memory, however long the log
+    for line in scan_lines(steps_path(Path(run_dir)), (*_SUMMED, *_LAST)):
+        if line.record is None:
+            continue
+        if after_steps is not None and seen >= after_steps:
+            break
+        sample.add(line.record)
+        seen += line.record.get("num_steps") or 1
     return project(
-        records,
+        sample.records,
         total_steps,
         gross_kg_per_kwh=report.summary.get("gross_kg_per_kwh"),
         net_kg_per_kwh=report.summary.get("net_kg_per_kwh"),
     )
-

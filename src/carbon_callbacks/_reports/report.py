@@ -14,7 +14,7 @@ them; the model-card block keeps operational emissions in `emissions` and names 
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +23,8 @@ from pathlib import Path
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._record.names import RUN_FILE, STEPS_FILE
-from carbon_callbacks._record.reader import read_run_files
+from carbon_callbacks._record.reader import read_run_files, read_summary
+from carbon_callbacks._record.schema import strict_json
 from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks._reports.model_card import hf_co2_block, hf_yaml
 from carbon_callbacks._warnings import CarbonCallbacksWarning
@@ -210,7 +211,7 @@ class RunReport:
     Attributes:
         run_dir: the directory read.
         summary: `run.json`, or, when it is missing, the totals the step log alone supports (labelled).
-        records: the step records of `steps.jsonl`.
+        records: the step records of `steps.csv`.
         found: what was read, one line per file.
         missing: what the report cannot show, with the reason, one line per item.
         notes: anything the reader should know (crashed run, older version, files that disagree, lines skipped).
@@ -289,18 +290,23 @@ def summary_from_records(records: list[dict]) -> dict:
 def read_report(run_dir: str | os.PathLike) -> RunReport:
     """Reads a run directory into a `RunReport`, saying what it found and what is missing.
 
-    A step log with a torn last line or a bad line is read around it; the report's notes name the lines skipped.
+    A run whose `run.json` says what its step log holds (`step_log`, this version's runs) is reported from
+    `run.json` alone, however long its log (`RunReport.records` is then empty: read them with `read_run`); an older
+    or crashed run's log is read, around a torn last line or a bad line, which the notes name.
 
     Raises:
-        InvalidInputError: when the directory does not exist or holds neither `run.json` nor `steps.jsonl`, or
-            `run.json` cannot be read.
+        InvalidInputError: when the directory does not exist or holds neither `run.json` nor a step log, or
+            `run.json` cannot be used (one line naming the file and the field).
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise InvalidInputError(f"run directory {str(path)!r} does not exist (or is not a directory).")
     try:
+        summary = read_summary(path)
+        if summary is not None and isinstance(summary.get("step_log"), dict):
+            return _assemble(str(path), summary, None, [])
         files = read_run_files(path)
-    except (ValueError, OSError) as err:
+    except OSError as err:
         raise InvalidInputError(f"run directory {str(path)!r} cannot be read: {err}") from None
     if files.summary is None and not files.records:
         raise InvalidInputError(
@@ -487,5 +493,10 @@ def render_latex(report: RunReport) -> str:
 
 
 def render_json(report: RunReport) -> str:
-    """The card as JSON."""
-    return json.dumps(report.to_dict(), indent=2, sort_keys=False)
+    """The card as strict JSON: a value that is not a finite number is `null`, and its row's `how` says so."""
+    card = report.to_dict()
+    for row in card["rows"]:
+        value = row["value"]
+        if isinstance(value, float) and not math.isfinite(value):
+            row["value"], row["how"] = None, f"not a finite number ({value!r}); {row['how']}"
+    return strict_json(card, indent=2, sort_keys=False)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from carbon_callbacks._constants import J_PER_KWH
-from carbon_callbacks._errors import InvalidInputError, check_number
+from carbon_callbacks._errors import InvalidInputError, check_number, check_pue
 from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks._site.tables import get_chip, get_pue, get_region
 
@@ -71,7 +71,7 @@ def _pue_value(value: str | float) -> tuple[float, str]:
     except (TypeError, ValueError):
         entry = get_pue(str(value))
         return entry.pue, f"PUE table:pue/{entry.name}"
-    return check_number("pue", number, at_least=1.0), "PUE given"
+    return check_pue(number), "PUE given"
 
 
 def _chip_power(chip) -> tuple[float, str]:

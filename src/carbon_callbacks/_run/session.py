@@ -116,7 +116,7 @@ class RunSession:
         pue: power usage effectiveness. Defaults to `None` (the provider's, else the industry average, labelled).
         chip: the accelerator, a name from the chips table (for MFU and modeled power). Defaults to `None`.
         num_chips: chips in the whole run. Defaults to `None`: the adapter's count, else one per rank.
-        output_dir: where `run.json` and `steps.jsonl` are written (by rank 0). A folder that already holds a run
+        output_dir: where `run.json` and `steps.csv` are written (by rank 0). A folder that already holds a run
             gets a new timestamped subfolder instead. Defaults to `None`: the adapter's (one folder per run).
         log_every_n_steps: steps per logging interval. Defaults to `None`: the adapter's (its framework's).
         flops: model FLOPs per training step, given by the user; overrides counting. Defaults to `None`.
@@ -232,23 +232,28 @@ class RunSession:
         return self._finished
 
     def params(self) -> dict[str, Any]:
-        """The run's facts for a logger's hyperparameters: site, chip, how energy and FLOPs are obtained, version."""
+        """The run's facts for a logger's hyperparameters: site, chip, chips, version; once the run has ended, how
+        its energy and FLOPs were obtained too.
+
+        The methods are final only at the end (a count of new lengths, a meter that fell back, change them), and
+        trackers such as MLflow refuse a parameter whose value changes: log these again at the end.
+        """
         from carbon_callbacks import __version__
 
-        summary = self.summary() or {}
-        info = summary.get("info", {})
-        site = self._site
-        return {
+        site, summary = self._site, self.summary() or {}
+        params = {
             "carbon/region": site.region or "none (intensity given)",
             "carbon/gross_kg_per_kwh": site.gross_kg_per_kwh,
             "carbon/net_kg_per_kwh": site.net_kg_per_kwh,
             "carbon/pue": site.pue,
             "carbon/chip": self._chip.name if self._chip is not None else "none",
             "carbon/num_chips": summary.get("num_chips"),
-            "carbon/energy_method": summary.get("energy_method") or "not measured yet",
-            "carbon/flops_method": info.get("flops_method") or "not counted",
             "carbon/version": __version__,
         }
+        if not self._running and self._finished is not None:
+            params["carbon/energy_method"] = summary.get("energy_method") or "not measured"
+            params["carbon/flops_method"] = summary.get("info", {}).get("flops_method") or "not counted"
+        return params
 
     def summary(self) -> dict | None:
         """The `run.json` content up to the last completed step (the final one after `finish`).

@@ -27,7 +27,8 @@ class StepFlops(NamedTuple):
     """FLOPs and tokens of one training step for one batch shape (`None`: not known).
 
     Attributes:
-        model_flops: FLOPs the model needs (activated experts only, no padding).
+        model_flops: FLOPs the model needs (activated experts only). A count from a model config is over the batch's
+            token positions, padded ones included; a traced count is of what the step ran.
         hardware_flops: FLOPs that ran (padding, dispatch, recompute).
         method: how they were obtained, as stored in `run.json`'s `info["flops_method"]`.
         tokens: tokens in the batch (batch x sequence of the token ids), when the batch has token ids.
@@ -199,8 +200,8 @@ class StepFlopsSource:
                             "train, but the step cannot be traced here, so the model FLOPs come from the model "
                             "config, which counts a weight gradient for every weight and overstates this step's "
                             "(and its MFU); pass flops= with the step's FLOPs.")
-        if trainable is not None:
-            self._annotate(params_trainable=int(trainable[0]),
+        if trainable is not None:  # one count for "parameters" and "% parameters trained"
+            self._annotate(params_total=int(trainable[1]), params_trainable=int(trainable[0]),
                            percent_trainable=100.0 * trainable[0] / trainable[1] if trainable[1] else None)
         self._annotate(**({"flops_method": method} if method else {}), **self._facts)
 

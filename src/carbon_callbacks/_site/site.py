@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from carbon_callbacks._errors import InvalidInputError, check_number
-from carbon_callbacks._site.tables import get_pue, get_region
+from carbon_callbacks._errors import InvalidInputError, check_intensity, check_pue
+from carbon_callbacks._site.tables import get_pue, get_region, table_source
 
 #: Cloud-region prefixes and paper datacenters, mapped to the provider whose fleet PUE applies.
 _PROVIDER_OF_PREFIX = {
@@ -51,7 +51,7 @@ def _default_pue(provider: str | None, region_provider: str | None) -> tuple[flo
     name = provider or _PROVIDER_OF_PREFIX.get((region_provider or "").lower())
     if name:
         entry = get_pue(name)
-        return entry.pue, f"table:pue/{entry.name} ({entry.year}) {entry.source}"
+        return entry.pue, table_source("pue", entry)
     entry = get_pue("industry-average")
     return entry.pue, f"assumed: industry average PUE ({entry.year}) {entry.source}"
 
@@ -88,22 +88,22 @@ def resolve_site(
         )
     table_region = get_region(region) if region is not None else None
     if intensity is not None:
-        gross = check_number("intensity", intensity, non_negative=True)
+        gross = check_intensity("intensity", intensity)
         gross_source = "given"
     else:
         gross = table_region.gross_kg_per_kwh
-        gross_source = f"table:regions/{table_region.name} ({table_region.year}) {table_region.source}"
+        gross_source = table_source("regions", table_region)
     if net_intensity is not None:
-        net = check_number("net_intensity", net_intensity, non_negative=True)
+        net = check_intensity("net_intensity", net_intensity)
         net_source = "given"
     elif intensity is None and table_region is not None and table_region.net_kg_per_kwh is not None:
         net = table_region.net_kg_per_kwh
-        net_source = f"table:regions/{table_region.name} ({table_region.year}) {table_region.source}"
+        net_source = table_source("regions", table_region)
     else:
         net = gross
         net_source = "= gross (no carbon-free-energy purchase known for this site)"
     if pue is not None:
-        pue_value = check_number("pue", pue, at_least=1.0)
+        pue_value = check_pue(pue)
         pue_source = "given"
     else:
         region_provider = table_region.name.split(":")[0] if table_region and ":" in table_region.name else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,24 +247,69 @@ def pue_entries() -> dict[str, PueEntry]:
     return dict(_pue_entries()[0])
 
 
+#: Names that stand for chips that differ (memory, power, peak): an error lists the candidates instead of picking one.
+AMBIGUOUS_CHIPS = {
+    "a100": ("a100-40gb", "a100-80gb"),
+    "nvidia-a100": ("a100-40gb", "a100-80gb"),
+    "h100": ("h100-sxm", "h100-pcie"),
+    "nvidia-h100": ("h100-sxm", "h100-pcie"),
+    "h100-80gb": ("h100-sxm", "h100-pcie"),
+}
+
+
 def get_chip(name: str) -> Chip:
-    """The chip called `name` or one of its aliases; raises `UnknownNameError` listing close names."""
+    """The chip called `name` or one of its aliases (said once, on stderr, with what it became).
+
+    Raises:
+        InvalidInputError: for a name that stands for several chips (`"A100"`: 40 or 80 GB), listing them.
+        UnknownNameError: for a name not in the table, listing close names.
+    """
     by_name, index = _chips()
+    key = normalize_name(name)
+    if key in AMBIGUOUS_CHIPS:
+        candidates = " or ".join(AMBIGUOUS_CHIPS[key])
+        raise InvalidInputError(f"chip {name!r} is ambiguous: {candidates} (they differ in memory, power or peak "
+                                "FLOP/s); pass one of them.")
     try:
-        return index[normalize_name(name)]  # type: ignore[return-value]
+        chip = index[key]
     except KeyError:
         raise unknown_name("chip", name, by_name, "See `carbon-callbacks tables chips`.") from None
+    announce_alias("chip", name, chip.name)
+    return chip  # type: ignore[return-value]
 
 
 def get_region(name: str) -> Region:
-    """The region called `name` or one of its aliases; raises `UnknownNameError` listing close names."""
+    """The region called `name` or one of its aliases (said once, on stderr, with what it became); raises
+    `UnknownNameError` listing close names."""
     by_name, index = _regions()
     try:
-        return index[normalize_name(name)]  # type: ignore[return-value]
+        region = index[normalize_name(name)]
     except KeyError:
         raise unknown_name(
             "region", name, by_name, "See `carbon-callbacks tables regions`, or pass an intensity in kg CO2e/kWh."
         ) from None
+    announce_alias("region", name, region.name, region.location)
+    return region  # type: ignore[return-value]
+
+
+def table_source(table: str, entry: Region | PueEntry) -> str:
+    """How a figure from a table is labelled: `table:<table>/<name> (<year>) <source URLs>`, the year left out where
+    the row has none."""
+    year = f" ({entry.year})" if str(entry.year or "").strip() else ""
+    return f"table:{table}/{entry.name}{year} {entry.source}"
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def announce_alias(kind: str, given: str, name: str, place: str | None = None) -> None:
+    """Says once per process, on stderr, that `given` was read as the table's `name` (an alias: `france` is `fr`),
+    so a name that resolves to another entry than meant is seen at the start."""
+    if normalize_name(given) == name or (kind, given) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((kind, given))
+    where = f" ({place})" if place else ""
+    print(f"carbon-callbacks: {kind} {given!r} is {name!r}{where} in the {kind}s table", file=sys.stderr, flush=True)
 
 
 def get_pue(name: str) -> PueEntry:

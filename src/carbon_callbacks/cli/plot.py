@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 from carbon_callbacks._reports.plot import plot_runs
-from carbon_callbacks._reports.report import read_report
-from carbon_callbacks.cli.whatif import add_lever_arguments, scenarios_from_args
+from carbon_callbacks.cli.whatif import add_lever_arguments, run_summary, scenarios_from_args
 
 
 def register(subparsers) -> None:
@@ -29,7 +28,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     scenarios = None
     if args.chip or args.region or args.pue:
-        scenarios = scenarios_from_args(read_report(args.run_dirs[0]).summary, args)
+        scenarios = scenarios_from_args(run_summary(args.run_dirs[0]), args)
     try:
         path = plot_runs(args.run_dirs, args.output, labels=args.label, scenarios=scenarios, title=args.title)
     except ImportError as err:  # the `plot` extra is missing: the message has the pip command

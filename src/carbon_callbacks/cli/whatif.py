@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
-from carbon_callbacks._reports.report import read_report
+from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._record.reader import read_summary
+from carbon_callbacks._record.schema import strict_json
 from carbon_callbacks._reports.whatif import format_whatif, whatif
+
+
+def run_summary(run_dir: str) -> dict:
+    """`RUN_DIR/run.json`, which is all a what-if needs (the step log is never read).
+
+    Raises:
+        InvalidInputError: for a missing folder or `run.json`, or one that cannot be used (naming the field).
+    """
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise InvalidInputError(f"run directory {run_dir!r} does not exist (or is not a directory).")
+    summary = read_summary(folder)
+    if summary is None:
+        raise InvalidInputError(f"{folder / 'run.json'} is missing: a what-if needs the run's summary.")
+    return summary
 
 
 def add_lever_arguments(parser) -> None:
@@ -50,11 +67,11 @@ def scenarios_from_args(summary: dict, args):
 
 
 def run(args) -> int:
-    report = read_report(args.run_dir)
-    scenarios = scenarios_from_args(report.summary, args)
+    summary = run_summary(args.run_dir)
+    scenarios = scenarios_from_args(summary, args)
     if args.json:
-        print(json.dumps([s.to_dict() for s in scenarios], indent=2))
+        print(strict_json([s.to_dict() for s in scenarios], indent=2))
         return 0
-    print(f"what-if for {report.run_dir} (status {report.summary.get('status')}, {report.summary.get('steps')} steps)")
+    print(f"what-if for {args.run_dir} (status {summary.get('status')}, {summary.get('steps')} steps)")
     print(format_whatif(scenarios))
     return 0

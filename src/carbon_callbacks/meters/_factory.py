@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._errors import InvalidInputError, check_count, check_watts
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks._warnings import warn_once
 from carbon_callbacks.meters._base import Meter, SensorUnavailableError
@@ -106,7 +106,7 @@ def create_meter(
             raise InvalidInputError(
                 "host_share needs an accelerator (a GPU NVML can see, or chip='<gpu or tpu>'), found none."
             )
-        per_chip = None if host_share is True else check_number("host_share", host_share, non_negative=True)
+        per_chip = None if host_share is True else check_watts("host_share", host_share, positive=False)
         modeled = meters[-1] if isinstance(meters[-1], ModeledAcceleratorMeter) else None
         if modeled is not None and "modeled:system-power" in modeled.methods.values():
             warn_once(

@@ -16,7 +16,7 @@ import resource
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._errors import InvalidInputError, check_count, check_number, check_watts
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import MeterBase, check_method
 
@@ -344,7 +344,7 @@ class ModeledCpuMeter(MeterBase):
         if tdp_w is None:
             self.tdp_w, tdp_source = _cpu_tdp(info)
         else:
-            self.tdp_w, tdp_source = check_number("tdp_w", tdp_w, positive=True), "given"
+            self.tdp_w, tdp_source = check_watts("tdp_w", tdp_w), "given"
         if threads_per_socket is not None:
             self.threads_per_socket = check_count("threads_per_socket", threads_per_socket)
         elif info.virtualized and tdp_w is None and logical_cores is None and sockets is None:

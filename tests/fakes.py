@@ -208,3 +208,53 @@ class CounterSensor(MeterBase):
         if self.ends in self.block:
             self.release.wait(self.block_s)
         return super().end_window(key)
+
+
+class LivePowercap:
+    """A host's RAPL powercap tree on disk whose counters advance at a known power, as real ones do: a thread
+    rewrites each zone's `energy_uj` as watts x seconds since `start()`, every `period` s. One per simulated host;
+    point a process at it with `CARBON_CALLBACKS_POWERCAP`.
+
+    Args:
+        root: the folder to make the tree in.
+        package_w: the socket's package power, in W. Defaults to `40.0`.
+        dram_w: its DRAM power, in W. Defaults to `10.0`.
+        period: seconds between rewrites. Defaults to `0.005`.
+    """
+
+    def __init__(self, root: pathlib.Path, package_w: float = 40.0, dram_w: float = 10.0, period: float = 0.005):
+        self.root = root
+        self.watts = {"intel-rapl:0": package_w, "intel-rapl:0:0": dram_w}
+        zone(root, "intel-rapl:0", "package-0", 0)
+        zone(root, "intel-rapl:0:0", "dram", 0)
+        self.period, self._stop, self._thread = period, threading.Event(), None
+
+    @property
+    def total_w(self) -> float:
+        return sum(self.watts.values())
+
+    def _run(self, start: float) -> None:
+        import os
+        import time
+
+        # In place and of one width, as sysfs files are (the meter keeps them open and reads with pread).
+        fds = {name: os.open(self.root / name / "energy_uj", os.O_WRONLY) for name in self.watts}
+        try:
+            while not self._stop.wait(self.period):
+                seconds = time.monotonic() - start
+                for name, watts in self.watts.items():
+                    os.pwrite(fds[name], f"{int(watts * seconds * 1e6):020d}\n".encode(), 0)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def __enter__(self) -> LivePowercap:
+        import time
+
+        self._thread = threading.Thread(target=self._run, args=(time.monotonic(),), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

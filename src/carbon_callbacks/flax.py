@@ -127,6 +127,7 @@ class TrackedStep:
             device_sync=_jax.block,
             reduce_sum=_jax.process_sum if jax.process_count() > 1 else None,
             end=lambda signum: self.close("interrupted" if signum is not None else None),
+            host=_jax.process_host(),
         )
         # Only entries compiled while we watch can be attributed to a signature we saw.
         self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0

@@ -100,6 +100,7 @@ class CarbonCallback(keras.callbacks.Callback):
         self._replicas = 1
         self._global_step = self._epoch = 0
         self._tf_sizes: _keras.TfBatchSizes | None = None  # TensorFlow: the batch sizes, from the loss metric
+        self._processes = _keras.Processes()
         self._new_epoch()
 
     def _new_epoch(self) -> None:
@@ -169,6 +170,9 @@ class CarbonCallback(keras.callbacks.Callback):
         self._trained, self._global_step, self._epoch = self.model, 0, 0
         self._new_epoch()
         self._replicas, accelerators = _keras.replicas(self._trained)
+        group = self._processes = _keras.processes()
+        if group.warning:
+            session.warn("processes", group.warning)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         info = {"framework": f"keras {keras.__version__} ({keras.backend.backend()})", "replicas": self._replicas}
         trainable = None
@@ -185,6 +189,10 @@ class CarbonCallback(keras.callbacks.Callback):
             device_sync=lambda loss: loss is None or float(loss),
             trainable=trainable,
             end=lambda signum: self.finish(status_at_exit(signum)),
+            world_size=group.world,
+            rank=group.rank,
+            reduce_sum=group.reduce_sum,
+            host=group.host,
         )
         self._tf_sizes = _keras.TfBatchSizes(self._trained) if keras.backend.backend() == "tensorflow" else None
         self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call)
@@ -237,7 +245,8 @@ class CarbonCallback(keras.callbacks.Callback):
         try:
             x = keras.utils.unpack_x_y_sample_weight(batch)[0]
             mask = attention_mask(x)
-            self._counted[index] = (self._count(x), None if mask is None else float(mask.sum()))
+            share = self._processes.share  # a global batch: this process's share of it
+            self._counted[index] = (self._count(x, replicas=share), None if mask is None else share * float(mask.sum()))
         except Exception as err:
             self.session.hook_failed("counting a batch's FLOPs", err)
 

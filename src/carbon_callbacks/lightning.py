@@ -15,7 +15,7 @@ from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import trainable_fraction
-from carbon_callbacks.meters._factory import create_rank_meter
+from carbon_callbacks.meters._factory import torch_host
 
 _NAMESPACES = _lightning.installed_namespaces()
 import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
@@ -129,7 +129,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
                 "params_source": "counted: module parameters",
             },
             total_steps=int(total_steps) if 0 < total_steps < float("inf") else None,
-            meter_factory=lambda **options: create_rank_meter(root, trainer.local_rank, **options),
+            host=torch_host(root, trainer.local_rank, trainer.global_rank, trainer.world_size, "lightning"),
             device_sync=(lambda _: torch.cuda.synchronize(root)) if root.type == "cuda" else None,
             reduce_sum=self._reduce_sum if trainer.world_size > 1 else None,
             end=lambda signum: self._end(trainer, self.session.finish(status_at_exit(signum))),
@@ -159,13 +159,26 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             step=trainer.global_step - 1,
             close=close,
         )
-        if metrics is None or trainer.log_every_n_steps == 0 or not trainer.loggers and not self.prog_bar:
+        if metrics is not None:
+            self._log(trainer, pl_module, metrics)
+
+    @guarded
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # The epoch's steps since the last row close an interval (every rank: its sum is a collective), so what reads
+        # `callback_metrics` at an epoch's end (Ray Train's report callback, a monitor) gets the totals so far.
+        metrics = self.session.close_interval(epoch=trainer.current_epoch) if self.session.running else None
+        if metrics is not None:
+            self._log(trainer, pl_module, metrics, epoch_end=True)
+
+    def _log(self, trainer, pl_module, metrics: dict[str, float], epoch_end: bool = False) -> None:
+        """The metrics in the same logger rows as the user's loss (at an epoch's end, its epoch row), and in
+        `trainer.callback_metrics` even without a logger; float64, as Lightning would store a Python float as
+        float32 and round kg-scale sums to 7 digits."""
+        if trainer.log_every_n_steps == 0:
             return
-        # In the same logger rows as the user's loss; float64, as Lightning would store a Python float as float32
-        # and round kg-scale sums to 7 digits.
         values = {k: torch.tensor(v, dtype=torch.float64, device=pl_module.device) for k, v in metrics.items()}
-        pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=self.prog_bar, logger=True,
-                           batch_size=1, sync_dist=False)
+        pl_module.log_dict(values, on_step=not epoch_end, on_epoch=epoch_end, prog_bar=self.prog_bar,
+                           logger=bool(trainer.loggers), batch_size=1, sync_dist=False)
         self._logged = metrics
         self._log_params(trainer)
 

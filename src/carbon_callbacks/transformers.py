@@ -13,12 +13,12 @@ import torch
 
 from carbon_callbacks._compat import transformers as _hf
 from carbon_callbacks._record.reader import read_state
-from carbon_callbacks._record.store import write_json_atomic
+from carbon_callbacks._record.store import write_state
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import add_step_flops, array_leaves, attention_mask, batch_key, token_shape
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
-from carbon_callbacks.meters._factory import create_rank_meter
+from carbon_callbacks.meters._factory import torch_host
 
 __all__ = ["CarbonCallback"]
 
@@ -160,7 +160,7 @@ class CarbonCallback(_hf.TrainerCallback):
                 "params_source": "counted: module parameters",
             },
             total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
-            meter_factory=lambda **options: create_rank_meter(args.device, args.local_process_index, **options),
+            host=torch_host(args.device, args.local_process_index, args.process_index, args.world_size, "accelerate"),
             device_sync=(lambda _: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else None,
             reduce_sum=self._reduce_sum if multi else None,
             end=self._end_with_process,
@@ -218,18 +218,8 @@ class CarbonCallback(_hf.TrainerCallback):
         if not self.session.running:
             return
         saved = self.session.state_dict()  # every rank: the totals are summed with the collective
-        if not args.should_save:
-            return
-        folder = _hf.checkpoint_dir(args, state)
-        if folder.is_dir():
-            try:
-                write_json_atomic(folder / STATE_FILE, saved)
-            except OSError as err:
-                self.session.warn("checkpoint-write", f"carbon-callbacks: cannot write {folder / STATE_FILE} ({err});"
-                                  " a run resumed from this checkpoint starts its carbon totals anew.")
-        else:
-            self.session.warn("checkpoint", f"carbon-callbacks: the checkpoint folder {folder} was not found; the "
-                              "checkpoint does not carry the carbon totals, so a run resumed from it starts them anew.")
+        if args.should_save:
+            write_state(_hf.checkpoint_dir(args, state) / STATE_FILE, saved, self.session.warn)
 
     @guarded
     def on_train_end(self, args, state, control, **kwargs) -> None:

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from filesystems import SmallFilesystem
 
 from carbon_callbacks import RunSession, read_run
 from carbon_callbacks._record import steplog as steplog_module
@@ -29,6 +28,7 @@ from carbon_callbacks._reports.report import read_report
 from carbon_callbacks._warnings import STRICT_ENV, CarbonCallbacksWarning
 
 from fakes import FixedMeter
+from filesystems import SmallFilesystem
 
 SITE = {"intensity": 0.5, "net_intensity": 0.2, "pue": 1.2}
 

@@ -475,4 +475,6 @@ def test_the_session_asks_the_meter_factory_for_the_chosen_sensors(tmp_path):
     asked = []
     session = RunSession(**SITE, output_dir=tmp_path, rapl=False, chip="v100")
     session.start(meter_factory=lambda **options: asked.append(options) or step_meter())
-    assert asked == [{"chip": "v100", "nvml": True, "rapl": False}]
+    (options,) = asked
+    assert options["chip"] == "v100" and options["nvml"] and not options["rapl"]
+    assert options["host"].leader and options["host"].world == 1

@@ -342,6 +342,28 @@ def process_sum(values: Sequence[float]) -> list[float]:
     return [math.fsum(column) for column in zip(*per_process)]
 
 
+def process_host(source: str = "jax: the host names of every process, gathered"):
+    """This process's host and place on it (`carbon_callbacks._host.Host`): with several processes, every process's
+    host name is gathered with `multihost_utils.process_allgather` (call on every process) and its local rank is the
+    number of processes before it on the same host. The GPUs it drives are its `jax.local_devices()`' CUDA
+    ordinals (`local_hardware_id`); on CPU and TPU, none."""
+    import numpy as np
+
+    from carbon_callbacks._host import from_framework, from_host_names, host_name
+
+    gpus = [getattr(d, "local_hardware_id", None) for d in jax.local_devices() if d.platform == "gpu"]
+    devices = gpus if gpus and all(g is not None for g in gpus) else None
+    if jax.process_count() == 1:
+        return from_framework(0, 0, 1, devices, "jax: one process")
+    from jax.experimental import multihost_utils
+
+    name = host_name().encode("utf-8")[:255]
+    padded = np.frombuffer(name.ljust(256, b"\0"), dtype=np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), 256)
+    names = [bytes(row.astype(np.uint8).tolist()).rstrip(b"\0").decode("utf-8", "replace") for row in rows]
+    return from_host_names(names, jax.process_index(), devices, source)
+
+
 def count_params(args: tuple) -> int | None:
     """Parameters of the model among the step's arguments: a `TrainState`'s `params` or an NNX module's `Param`s."""
     nnx = sys.modules.get("flax.nnx")  # only if the user imported it

@@ -2,18 +2,23 @@
 
 Checked against keras 3.11.0 to 3.15.1 on the TensorFlow, JAX and torch backends. Internals used, each in one
 function below: the `CallbackList` that calls `Callback.set_model` (to run before the loggers), `Model.train_function`
-(set by `make_train_function` at `fit`'s start; wrapped for the fit to see each batch on its way in) and the
-loss metric's sample count `Model._loss_tracker.count` (the TensorFlow backend's batch sizes).
+(set by `make_train_function` at `fit`'s start; wrapped for the fit to see each batch on its way in: under a
+multi-process JAX distribution, the global batch) and the loss metric's sample count `Model._loss_tracker.count`
+(the TensorFlow backend's batch sizes).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from carbon_callbacks._compat import calling_list, missing, move_to_front
+from carbon_callbacks._host import from_launcher
 
 _CHECKED = "keras 3.11.0 to 3.15.1"
 
@@ -65,6 +70,61 @@ def run_first(callback) -> list[str] | None:
     """
     owner = calling_list(callback, keras.callbacks.CallbackList)
     return None if owner is None else move_to_front(callback, owner)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes of a `fit`: `world` of them, this one `rank`, their `reduce_sum`, this one's `host`, and the
+    `share` of a counted batch that is this process's (a batch that is a global array spanning processes counts
+    each process's share, so the sum over processes counts the global step once)."""
+
+    world: int = 1
+    rank: int = 0
+    reduce_sum: Callable | None = None
+    host: Any = None
+    share: float = 1.0
+    warning: str = ""
+
+
+def processes() -> Processes:
+    """The `fit`'s processes on each backend.
+
+    - JAX (`keras.distribution` over `jax.distributed`): JAX's processes; totals summed with JAX's own collective;
+      each process sees the global batch (a `jax.Array` over every process's devices), so its share is its devices'.
+    - torch (`torch.distributed` initialized, as by `torchrun`): its processes, summed with `all_reduce`.
+    - TensorFlow multi-worker (`TF_CONFIG` naming several workers): not reduced; `warning` says so.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        from carbon_callbacks._compat import jax as jax_compat
+
+        if jax.process_count() > 1:
+            return Processes(jax.process_count(), jax.process_index(), jax_compat.process_sum,
+                             jax_compat.process_host("keras on jax: the host names of every process, gathered"),
+                             len(jax.local_devices()) / len(jax.devices()))
+    elif backend == "torch":
+        import torch
+
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+            def reduce_sum(values):
+                tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+                dist.all_reduce(tensor)
+                return tensor.tolist()
+
+            return Processes(dist.get_world_size(), dist.get_rank(), reduce_sum,
+                             from_launcher(dist.get_rank(), dist.get_world_size()))
+    elif backend == "tensorflow":
+        workers = (json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}).get("worker") or []
+        if len(workers) > 1:
+            return Processes(warning=f"carbon-callbacks: this fit is one of {len(workers)} TensorFlow workers "
+                             "(TF_CONFIG); their totals are not summed: each worker writes its own run folder with its "
+                             "own process's energy and FLOPs (add them up), and each meters its host's CPU counters.")
+    return Processes()
 
 
 def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None]):

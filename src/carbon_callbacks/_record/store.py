@@ -39,14 +39,20 @@ MAX_BUFFERED = 10_000
 MAX_GAPS_LISTED = 100
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict, staging: Path | None = None) -> None:
     """Writes `payload` to `path` so that readers see the old file or the new one, never a mix (a temporary file,
     synced, then renamed over it).
+
+    Args:
+        path: the file.
+        payload: what it holds.
+        staging: the folder of the temporary file, on the same file system; defaults to `path`'s own. Another folder
+            keeps it out of sight of whatever copies `path`'s folder meanwhile (a checkpoint being uploaded).
 
     Raises:
         OSError: when it cannot be written; no temporary file is left behind.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = (staging or path.parent) / f".{path.name}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(strict_json(payload, indent=2, sort_keys=True) + "\n")
@@ -59,6 +65,23 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         except OSError:
             pass
         raise
+
+
+def write_state(path: Path, state: dict, warn: Callable[[str, str], None]) -> bool:
+    """A run's state (`RunSession.state_dict()`) into a checkpoint's folder, staged outside it so that whatever
+    copies the checkpoint meanwhile never sees half a file; a missing folder or a failed write warns once (a run
+    resumed from that checkpoint then starts its totals anew)."""
+    if not path.parent.is_dir():
+        warn("checkpoint", f"carbon-callbacks: the checkpoint folder {path.parent} was not found; the checkpoint does "
+             "not carry the carbon totals, so a run resumed from it starts them anew.")
+        return False
+    try:
+        write_json_atomic(path, state, staging=path.parent.parent)
+    except OSError as err:
+        warn("checkpoint-write", f"carbon-callbacks: cannot write {path} ({err}); a run resumed from this checkpoint "
+             "starts its carbon totals anew.")
+        return False
+    return True
 
 
 class RunStore:

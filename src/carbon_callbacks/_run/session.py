@@ -25,7 +25,9 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from carbon_callbacks._compat.ray import train_run
 from carbon_callbacks._errors import InvalidInputError, check_count, check_number
+from carbon_callbacks._host import Host, from_launcher
 from carbon_callbacks._record.opening import Place, open_store
 from carbon_callbacks._record.store import RunStore
 from carbon_callbacks._reports.projection import ProjectionSample
@@ -188,6 +190,7 @@ class RunSession:
         self._busy = 0  # depth of bookkeeping calls on the main thread
         self._pending_signal: tuple[int, Any] | None = None
         self._signalled: int | None = None
+        self._ray = None  # the Ray Train run this process is a worker of, if any
         self._flops = StepFlopsSource(given, self.warn, lambda **facts: self._accountant.annotate(**facts))
         self._open = OpenInterval()
 
@@ -315,6 +318,7 @@ class RunSession:
         reduce_sum: Callable[[Sequence[float]], Sequence[float]] | None = None,
         trainable: tuple[int, int] | None = None,
         end: Callable[[int | None], Any] | None = None,
+        host: Host | None = None,
     ) -> None:
         """Begins a run: the run folder, a fresh accountant (or the restored totals), the FLOP source, the meter.
 
@@ -341,8 +345,8 @@ class RunSession:
             total_steps: the run's length in steps, when known; after `PROJECT_AFTER` of it the projected total is
                 logged once and stored under `info["projection"]`. Defaults to `None`.
             num_chips: the adapter's chip count, used when the user gave none. Defaults to `None`: one per rank.
-            meter_factory: builds this run's meter when the user gave none, from `create_meter`'s `chip`, `nvml`
-                and `rapl` keywords. Defaults to `None`: `create_meter`.
+            meter_factory: builds this run's meter when the user gave none, from `create_meter`'s `chip`, `nvml`,
+                `rapl` and `host` keywords. Defaults to `None`: `create_meter`.
             device_sync: waits for the device, given the outputs passed to `step_end`; called only before the
                 meter is read. Defaults to `None`.
             reduce_sum: the framework's collective summing a list of floats over ranks (called on every rank at
@@ -352,6 +356,9 @@ class RunSession:
             end: ends the run when the process does, given the signal (`None`: the interpreter's exit), with
                 whatever the adapter adds (the loggers' last row). Defaults to `None`: `finish`, as
                 `interrupted` on a signal and `failed` at exit (see `lifecycle`).
+            host: this process's host, its place on it and the devices it drives (`carbon_callbacks._host`), from
+                the framework: the meter reads the host's counters in its leader only, and the GPUs it drives.
+                Defaults to `None`: from the launcher's environment.
         """
         if self._running:
             self.finish("interrupted")
@@ -376,16 +383,23 @@ class RunSession:
             world_size=world_size,
         )
         restored = self._restore(restored)
+        self._ray = train_run()
+        if self._ray is not None and self._ray.storage_dir is not None:  # beside the run's checkpoints
+            default_dir, default_parent = None, self._ray.storage_dir / "carbon"
         self._store = self._open_store(default_dir, default_parent, home, restored) if rank == 0 else RunStore()
         self._projection = ProjectionSample() if restored is None and self._total_steps is not None else None
         self._accountant.annotate(**{**(info or {}), **self._info})
         self._flops.reset(model, config=config, traceable=traceable, untraceable_reason=untraceable_reason,
                           trainable=trainable)
+        host = host or from_launcher(rank, self._world_size)
+        self._accountant.annotate(process=host.describe())
         meter = self._user_meter
         if meter is None:
             if meter_factory is None:
-                from carbon_callbacks.meters import create_meter as meter_factory
-            meter = meter_factory(chip=self._chip.name if self._chip else None, **self._sensors)
+                from carbon_callbacks.meters import create_meter
+
+                meter_factory = functools.partial(create_meter, include_children=host.world == 1)
+            meter = meter_factory(chip=self._chip.name if self._chip else None, host=host, **self._sensors)
         self._meter = CheckedMeter(meter, chip=self._chip, warn=self.warn,
                                    devices=max(self._accountant.num_chips // self._world_size, 1))
         keys = [k for k in METRIC_KEYS if k not in ("carbon/flops", "carbon/mfu")]
@@ -613,6 +627,11 @@ class RunSession:
             self._refresh_metrics()
             self._close_meter()
             self._end_record()
+        if self._ray is not None and status == "finished":  # the result's last metrics: the totals (every worker)
+            try:
+                self._ray.report(self.metrics)
+            except Exception as err:
+                failure = failure or err
         if failure is not None:
             self._held_back(failure, "closing the last interval")
         return self._finished

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 from carbon_callbacks._errors import InvalidInputError, check_count, check_watts
+from carbon_callbacks._host import Host, from_framework
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks._warnings import warn_once
 from carbon_callbacks.meters._base import Meter, SensorUnavailableError
@@ -16,7 +18,7 @@ from carbon_callbacks.meters.modeled import (
     ModeledAcceleratorMeter,
     ModeledCpuMeter,
 )
-from carbon_callbacks.meters.rapl import DEFAULT_ROOT, RaplMeter
+from carbon_callbacks.meters.rapl import DEFAULT_ROOT, POWERCAP_ENV, RaplMeter
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +31,14 @@ def create_meter(
     *,
     nvml: bool = True,
     rapl: bool = True,
-    rapl_root: str = DEFAULT_ROOT,
+    rapl_root: str | None = None,
     tdp_w: float | None = None,
     dram_w_per_gb: float | None = None,
     utilization: float | None = None,
     include_children: bool = True,
     local_rank: int = 0,
+    host: Host | None = None,
+    cpu_scope: str = "process",
 ) -> Meter:
     """Builds the meter for this process: NVML for NVIDIA GPUs, RAPL for CPU and DRAM, modeled where neither works.
 
@@ -47,13 +51,15 @@ def create_meter(
             of the modeled CPU meter. Defaults to `None`.
         num_chips: accelerators this process owns, for modeled accelerators and the host share. Defaults to
             `None`: the GPUs NVML meters, else 1.
-        devices: CUDA ordinals for NVML, or `"auto"` for every visible GPU. Defaults to `"auto"`.
+        devices: CUDA ordinals for NVML, `"auto"` for every visible GPU, or `"host"` for every GPU of the host.
+            Defaults to `"auto"`.
         host_share: add the accelerators' share of the host (CPU, memory, network, fans) as component `"host"`,
             `modeled:host-share`, instead of metering the CPU and DRAM: `True` for the default figure
             (`HOST_SHARE_W_PER_ACCELERATOR`), or watts per accelerator. Defaults to `False`.
         nvml: try NVML. Defaults to `True`.
         rapl: try RAPL; `False` uses the modeled CPU meter without a warning. Defaults to `True`.
-        rapl_root: the powercap directory. Defaults to `"/sys/class/powercap"`.
+        rapl_root: the powercap directory. Defaults to `None`: `CARBON_CALLBACKS_POWERCAP` if set (sysfs mounted
+            elsewhere, a test's tree), else `"/sys/class/powercap"`.
         tdp_w: CPU TDP per socket for the modeled CPU meter, in W. Defaults to `None`: the chips table.
         dram_w_per_gb: model DRAM from resident memory at this many W/GB when RAPL is unavailable. Defaults to
             `None`: DRAM is not modeled.
@@ -63,6 +69,12 @@ def create_meter(
             reads them; the other ranks then report their CPU as 0 J, labelled `measured:rapl-by-local-rank-0`.
             Without RAPL, every rank models its own process's CPU time, which counts nothing twice.
             Defaults to `0`.
+        host: this process's place in the job (`carbon_callbacks._host`); gives `local_rank` and, where it names
+            them, the `devices`. A process that cannot know its place among several reads the host's counters, and
+            a warning, once, says how to tell it. Defaults to `None`: `local_rank` and `devices` as given.
+        cpu_scope: what a modeled CPU covers where RAPL cannot be read: `"process"` (this process and its waited-for
+            children) or `"host"` (every process of the host, from `/proc/stat`: one process meters the host).
+            Defaults to `"process"`.
 
     Raises:
         InvalidInputError: a bad number, or a host share without any accelerator.
@@ -74,6 +86,15 @@ def create_meter(
         >>> sorted(meter.end_window("run").methods.items())
         [('cpu', 'modeled:tdp*util')]
     """
+    if host is not None:
+        local_rank = host.local_rank or 0
+        devices = list(host.devices) if host.devices is not None else devices
+        if not host.known:
+            warn_once("create_meter:local-rank", f"carbon-callbacks: this is process {host.rank} of {host.world}, "
+                      "and nothing says which process it is on its host: if several share a host, each reads its "
+                      "CPU and DRAM counters and the host is counted once per process. Set LOCAL_RANK (or "
+                      "CARBON_CALLBACKS_LOCAL_RANK) to this process's index on its host.")
+    rapl_root = rapl_root or os.environ.get(POWERCAP_ENV) or DEFAULT_ROOT
     chip = get_chip(chip) if isinstance(chip, str) else chip
     kind = chip.kind if chip is not None else None
     chips = None if num_chips is None else check_count("num_chips", num_chips)
@@ -140,7 +161,8 @@ def create_meter(
             cpu_tdp = tdp_w
             if cpu_tdp is None and kind == "cpu" and chip.tdp_w is not None:
                 cpu_tdp = chip.tdp_w
-            cpu_meter = ModeledCpuMeter(tdp_w=cpu_tdp, dram_w_per_gb=dram_w_per_gb, include_children=include_children)
+            cpu_meter = ModeledCpuMeter(tdp_w=cpu_tdp, dram_w_per_gb=dram_w_per_gb, include_children=include_children,
+                                        host_wide=cpu_scope == "host")
         meters.append(cpu_meter)
 
     for meter in meters:
@@ -149,9 +171,8 @@ def create_meter(
     return meters[0] if len(meters) == 1 else CompositeMeter(meters)
 
 
-def create_rank_meter(device, local_rank: int, **options) -> Meter:
-    """The meter of one rank of a torch job that meters each device once: the rank's own GPU (`device`, a
-    `torch.device`: its `type` and `index`), and the node's CPU counters by local rank 0 only. Other ranks are child
-    processes under DDP or torchrun, so their CPU time is never counted here."""
-    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else "auto"
-    return create_meter(devices=devices, local_rank=local_rank, include_children=False, **options)
+def torch_host(device, local_rank: int, rank: int, world: int, source: str) -> Host:
+    """A torch process that meters each device once: the rank's own GPU (`device`, a `torch.device`: its `type` and
+    `index`), and the host's CPU counters read by local rank 0 only."""
+    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    return from_framework(local_rank, rank, world, devices, source)

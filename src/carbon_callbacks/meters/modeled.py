@@ -236,6 +236,15 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
     )
 
 
+def _host_cpu_seconds(path: str = "/proc/stat") -> float:
+    """Busy CPU seconds of the whole host since boot: user, nice, system, irq, softirq and steal time of the `cpu`
+    line of `/proc/stat`, in clock ticks (https://www.kernel.org/doc/html/latest/filesystems/proc.html)."""
+    with open(path) as handle:
+        fields = handle.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _process_cpu_seconds(include_children: bool) -> float:
     """User + system CPU seconds of this process (and its waited-for children), at microsecond resolution.
 
@@ -309,6 +318,9 @@ class ModeledCpuMeter(MeterBase):
         cpuinfo_path: where to read the CPU model. Defaults to `"/proc/cpuinfo"`.
         clock: the clock windows are timed with, in s. Defaults to `time.perf_counter`.
         cpu_seconds: returns the process CPU seconds so far (inject one in tests). Defaults to `getrusage`.
+        host_wide: meter every process of the host (its busy CPU seconds from `/proc/stat`), labelled
+            `modeled:tdp*host-util`, instead of this process (and its children): what the one task per host that
+            meters the host under a launcher uses (`carbon-callbacks run`). Defaults to `False`.
 
     Notes:
         Idle power is not modeled (an idle process draws 0 W here). On a virtual machine the host CPU is
@@ -333,8 +345,11 @@ class ModeledCpuMeter(MeterBase):
         cpuinfo_path: str = "/proc/cpuinfo",
         clock: Callable[[], float] | None = None,
         cpu_seconds: Callable[[], float] | None = None,
+        host_wide: bool = False,
     ) -> None:
         super().__init__(clock=clock)
+        if host_wide:
+            self.METHOD, cpu_seconds = "modeled:tdp*host-util", cpu_seconds or _host_cpu_seconds
         info = cpu_info(cpuinfo_path)
         self.cpu_model = info.model
         self.sockets = info.sockets if sockets is None else check_count("sockets", sockets)
@@ -362,7 +377,7 @@ class ModeledCpuMeter(MeterBase):
         self.notes = [
             f"cpu: {self.cpu_model}, {self.sockets} socket(s), {self.logical_cores} logical cores, "
             f"TDP {self.tdp_w:g} W per socket ({tdp_source}); energy = TDP / {self.threads_per_socket} threads "
-            f"x process CPU seconds ({self.METHOD})"
+            f"x {'host' if host_wide else 'process'} CPU seconds ({self.METHOD})"
         ]
         if self.dram_w_per_gb is not None:
             self.notes.append(f"dram: {self.dram_w_per_gb:g} W per GB of this process's resident memory "

@@ -117,9 +117,10 @@ class NvmlMeter(CounterMeter):
     """GPU energy from NVML: the total-energy counter where the GPU has one, else integrated power samples.
 
     Args:
-        devices: CUDA ordinals to meter (positions in `CUDA_VISIBLE_DEVICES`), or `"auto"` for every visible
-            GPU. Under data parallelism give each process its own device so every GPU is metered once.
-            Defaults to `"auto"`.
+        devices: CUDA ordinals to meter (positions in `CUDA_VISIBLE_DEVICES`), `"auto"` for every visible GPU, or
+            `"host"` for every GPU of the host in NVML's order, whatever `CUDA_VISIBLE_DEVICES` shows this process
+            (the one process per host that meters the host). Under data parallelism give each process its own
+            device so every GPU is metered once. Defaults to `"auto"`.
         sample_s: the power sampling period for GPUs without an energy counter, in s. Defaults to `0.1`.
         min_window_s: windows shorter than this take their energy from the counter's average power over the
             last `min_window_s` or more instead of its raw difference. Defaults to `1.0` (10 counter updates).
@@ -157,12 +158,14 @@ class NvmlMeter(CounterMeter):
             raise SensorUnavailableError(f"NVML failed to initialise ({err}): no NVIDIA driver?") from None
         self._initialised = True
         try:
-            visible = visible_handles(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            whole_host = devices == "host"  # the host's every GPU, whatever this process is shown
+            visible = visible_handles(pynvml, None if whole_host else os.environ.get("CUDA_VISIBLE_DEVICES"))
             if not visible:
                 raise SensorUnavailableError("NVML found no visible NVIDIA GPU (check CUDA_VISIBLE_DEVICES).")
             if isinstance(devices, str):
-                if devices != "auto":
-                    raise InvalidInputError(f"devices must be 'auto' or a list of CUDA ordinals, got {devices!r}.")
+                if devices not in ("auto", "host"):
+                    raise InvalidInputError(f"devices must be 'auto', 'host' or a list of CUDA ordinals, got "
+                                            f"{devices!r}.")
                 ordinals = list(range(len(visible)))
             else:
                 ordinals = [check_count("devices[i]", d, minimum=0) for d in devices]

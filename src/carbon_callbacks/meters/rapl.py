@@ -21,6 +21,8 @@ from carbon_callbacks.meters._base import CounterMeter, SensorUnavailableError
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sys/class/powercap"
+#: Names another powercap directory for the meters `create_meter` builds (sysfs mounted elsewhere; a test's tree).
+POWERCAP_ENV = "CARBON_CALLBACKS_POWERCAP"
 _ZONE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
 
 #: What to say when the counters exist but are root-only (the default since the PLATYPUS side channel,

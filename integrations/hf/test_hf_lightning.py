@@ -59,9 +59,14 @@ def fit(tmp_path, config):
     return summary, records
 
 
-def analytic(config, length):
-    shape = TransformerConfig.from_hf(config, seq_len=length, batch_size=BATCH)
+def analytic(config, length, batch=BATCH):
+    shape = TransformerConfig.from_hf(config, seq_len=length, batch_size=batch)
     return transformer_flops(shape)
+
+
+def analytic_real_tokens(config, batch) -> int:
+    """The config's model FLOPs of each sequence of the batch on its real tokens, summed."""
+    return sum(analytic(config, n, batch=1).model_flops for n in batch["attention_mask"].sum(1).tolist())
 
 
 @pytest.mark.slow
@@ -147,6 +152,15 @@ def real_step_flops(module, batch):
     return counter.get_total_flops()
 
 
+def real_tokens_flops(module, batch):
+    """The model FLOPs of a batch by their definition: the real step of each sequence alone, on its real tokens."""
+    total = 0
+    for row, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+        alone = {key: value[row:row + 1, :n] for key, value in batch.items()}
+        total += real_step_flops(module, alone)
+    return total
+
+
 def fit_module(tmp_path, module, batches, **trainer_kwargs):
     callback = CarbonCallback(intensity=0.5, pue=1.2, output_dir=tmp_path, log_every_n_steps=1,
                               meter=ReplayMeter(energy_j=10.0, seconds=1.0, component="cpu"))
@@ -162,10 +176,12 @@ def fit_module(tmp_path, module, batches, **trainer_kwargs):
 def test_frozen_weights_give_the_flops_of_the_step_that_runs(tmp_path, kind):
     module = frozen(kind)
     batches = masked_batches()
-    expected = [real_step_flops(module, b) for b in batches]
+    ran = [real_step_flops(module, b) for b in batches]
+    model = [real_tokens_flops(module, b) for b in batches]  # padding is not the model's math
     full = analytic(llama(), 16).model_flops
     summary, records = fit_module(tmp_path, module, batches)
-    assert [r["model_flops"] for r in records] == pytest.approx(expected, rel=0.01)
+    assert [r["hardware_flops"] for r in records] == ran
+    assert [r["model_flops"] for r in records] == model
     assert records[0]["model_flops"] < 0.8 * full  # the model config's count would overstate it
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     assert summary["info"]["params_trainable"] == trainable
@@ -207,6 +223,8 @@ def test_a_compiled_model_keeps_its_graphs_and_nothing_warns(tmp_path):
         warnings.simplefilter("error")  # e.g. torch's "global hooks on modules" in a compiled model
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-        summary, records = fit_module(tmp_path, module, masked_batches((16, 16, 16, 16)))
+        batches = masked_batches((16, 16, 16, 16))
+        summary, records = fit_module(tmp_path, module, batches)
     assert len(compiled) == 1  # one graph for the one shape: counting never recompiled it
-    assert summary["steps"] == 4 and records[0]["model_flops"] == pytest.approx(analytic(llama(), 16).model_flops)
+    assert summary["steps"] == 4 and records[0]["model_flops"] == analytic_real_tokens(llama(), batches[0])
+    assert records[0]["hardware_flops"] == analytic(llama(), 16).hardware_flops

@@ -200,6 +200,70 @@ def scenario_lengths(out: Path) -> dict:
     return outcome(out, "lengths", direct=direct)
 
 
+def masked_model():
+    """Token ids embedded with `mask_zero=True` (id 0 is padding), dense layers, pooled: one output. (A linear layer
+    feeds the pooling: Keras 3.11's masked pooling on torch writes its input in place, which breaks the backward of
+    an activation there, with or without a callback.)"""
+    tokens = keras.Input((None,), dtype="int32")
+    embedded = keras.layers.Embedding(50, 16, mask_zero=True)(tokens)
+    hidden = keras.layers.Dense(8)(keras.layers.Dense(32, activation="relu")(embedded))
+    model = keras.Model(tokens, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(hidden)))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    return model
+
+
+def scenario_masked(out: Path) -> dict:
+    """Sequences of 4 to 19 ids padded per batch (TensorFlow's `padded_batch`; a `PyDataset` of the same batches
+    elsewhere); each batch's count, and each sequence's alone on its real ids, beside what the run recorded."""
+    from carbon_callbacks.flops import count
+
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, 50, n).astype("int32") for n in rng.integers(4, 20, 12)]
+    targets = rng.integers(0, 2, 12).astype("float32")
+    batches = []
+    for start in range(0, 12, 4):
+        group = sequences[start:start + 4]
+        ids = np.zeros((4, max(len(q) for q in group)), "int32")
+        for row, q in enumerate(group):
+            ids[row, :len(q)] = q
+        batches.append((ids, targets[start:start + 4]))
+    if BACKEND == "tensorflow":
+        data = tf.data.Dataset.from_generator(lambda: zip(sequences, targets), output_signature=(
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32))).padded_batch(4)
+    else:
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return len(batches)
+
+            def __getitem__(self, i):
+                return batches[i]
+
+        data = Batches()
+    model = masked_model()
+    cb = callback(out, "masked", log_every_n_steps=1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    hardware = [count(model, ids, framework="keras").total for ids, _ in batches]
+    alone = [count(model, q[None, :], framework="keras").total for q in sequences]
+    return outcome(out, "masked", hardware=hardware, alone=alone, lengths=[len(q) for q in sequences],
+                   positions=[ids.size for ids, _ in batches])
+
+
+def scenario_remat(out: Path) -> dict:
+    """The count of a model whose layers are rematerialized (`keras.RematScope`), beside the same model's without."""
+    from carbon_callbacks.flops import count
+
+    def model(remat: bool):
+        inputs = keras.Input((32,))
+        with keras.RematScope(mode="full") if remat else contextlib.nullcontext():
+            first, second = keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(64, activation="tanh")
+        return keras.Model(inputs, keras.layers.Dense(1)(second(first(inputs))))
+
+    x = np.ones((8, 32), "float32")
+    plain, remat = count(model(False), x, framework="keras"), count(model(True), x, framework="keras")
+    return {"plain": plain.total, "total": remat.total, "recomputed": remat.recomputed}
+
+
 def scenario_order(out: Path) -> dict:
     """CarbonCallback before and after CSVLogger and TensorBoard: each file, read back, holds the carbon keys."""
     x, y = data(DENSE, 8)
@@ -257,11 +321,12 @@ SCENARIOS = {
     "mirrored": scenario_mirrored,
     "ragged": scenario_ragged,
     "lengths": scenario_lengths,
+    "masked": scenario_masked,
+    "remat": scenario_remat,
     "order": scenario_order,
 }
-#: The torch backend only runs `steps_per_execution=1`; MirroredStrategy is TensorFlow's; a TensorFlow dataset of
-#: varying lengths has no static shape to count (the callback says so and counts nothing).
-SKIP = {"torch": {"spe", "mirrored"}, "jax": {"mirrored"}, "tensorflow": {"lengths"}}
+#: The torch backend only runs `steps_per_execution=1`; MirroredStrategy is TensorFlow's.
+SKIP = {"torch": {"spe", "mirrored"}, "jax": {"mirrored"}, "tensorflow": set()}
 
 
 def main(out: Path) -> None:

@@ -197,7 +197,7 @@ def test_a_ragged_final_batch_is_counted_at_its_own_size(runs, backend):
     assert [r["hardware_flops"] for r in records] == pytest.approx(hardware, rel=1e-3)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_many_lengths_cost_a_few_counts_and_stay_exact(runs, backend):
     result = scenario(runs, backend, "lengths")
     records, direct = result["records"], result["direct"]
@@ -208,6 +208,28 @@ def test_many_lengths_cost_a_few_counts_and_stay_exact(runs, backend):
     # The traced count, predicted past the fit: within 0.1% of a direct count, interval by interval.
     assert [r["hardware_flops"] for r in records] == pytest.approx(per_interval(records, direct), rel=1e-3)
     assert result["summary"]["info"]["flops_counts"] == 5 < len(lengths)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padded_sequences_count_their_real_tokens_and_each_batch_shape(runs, backend):
+    result = scenario(runs, backend, "masked")
+    records, lengths = result["records"], result["lengths"]
+    per_batch = [lengths[i:i + 4] for i in range(0, len(lengths), 4)]
+    assert [r["tokens"] for r in records] == [sum(batch) for batch in per_batch]  # Keras's mask: id 0 is padding
+    assert [r["padding_tokens"] for r in records] == [p - sum(b) for p, b in zip(result["positions"], per_batch)]
+    assert [r["hardware_flops"] for r in records] == result["hardware"]  # every shape, TensorFlow's too
+    alone = result["alone"]  # each sequence's count on its real ids, alone
+    assert [r["model_flops"] for r in records] == pytest.approx(
+        [sum(alone[i:i + 4]) for i in range(0, len(alone), 4)], rel=1e-12)
+    assert result["summary"]["info"]["model_flops_padding"].startswith("excluded")
+
+
+def test_remat_is_told_apart_on_jax(runs):
+    jax_remat = runs["jax"]["remat"]
+    assert jax_remat["total"] > jax_remat["plain"]  # the recomputed forward ran
+    assert jax_remat["total"] - jax_remat["recomputed"] == jax_remat["plain"]
+    for backend in ("tensorflow", "torch"):  # counted as run; not told apart there (docs/flops.md)
+        assert runs[backend]["remat"]["total"] >= runs[backend]["remat"]["plain"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,7 +17,14 @@ from typing import Any, NamedTuple
 
 from carbon_callbacks._errors import InvalidInputError, check_count
 from carbon_callbacks._run.session import RunSession, guarded
-from carbon_callbacks._run.step_flops import StepFlops, attention_mask, find_model_config, token_shape
+from carbon_callbacks._run.step_flops import (
+    SequenceProbe,
+    StepFlops,
+    attention_mask,
+    find_model_config,
+    sequence_lengths,
+    token_shape,
+)
 from carbon_callbacks._run.step_output import add_metrics, find_loss
 
 try:
@@ -99,11 +106,11 @@ class TrackedStep:
         session = self.session
         if not session.running:
             return None
-        flops = self._flops_for(args, kwargs)
+        lengths = next((n for n in map(sequence_lengths, args) if n is not None), None)
+        flops = self._flops_for(args, kwargs, lengths is not None)
         self.counters = self.counters._replace(steps=self.counters.steps + 1)
-        mask = next((m for m in map(attention_mask, args) if m is not None), None)
-        session.step_end(flops=flops, real_tokens=None if mask is None else mask.sum(), loss=find_loss(out),
-                         step=self.counters.steps, outputs=out)
+        session.step_end(flops=flops, real_tokens=lengths, loss=find_loss(out), step=self.counters.steps,
+                         outputs=out)
         return add_metrics(out, session.metrics)
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -133,7 +140,7 @@ class TrackedStep:
         self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0
         self._only, self._last_cache_size = None, None
 
-    def _flops_for(self, args: tuple, kwargs: dict) -> StepFlops | None:
+    def _flops_for(self, args: tuple, kwargs: dict, masked: bool = False) -> StepFlops | None:
         """This step's FLOPs and tokens, counted once per distinct input signature.
 
         Called after the step was dispatched: tracing needs only shapes and dtypes, which donated (deleted)
@@ -147,8 +154,13 @@ class TrackedStep:
         if key not in self._seen:
             self._seen.add(key)
             self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
+        probe = None
+        if masked:  # the model FLOPs of one sequence by its length: the batch argument cut to one sequence
+            index, batch = next((i, a) for i, a in enumerate(args) if attention_mask(a) is not None)
+            probe = SequenceProbe(batch, attention_mask(batch), lambda cut: self._count(
+                (*args[:index], cut, *args[index + 1:]), kwargs))
         flops = self.session.count(key, lambda: self._count(args, kwargs),
-                                   lambda: token_shape(_jax.token_leaves(args)))
+                                   lambda: token_shape(_jax.token_leaves(args)), probe=probe)
         self._last_cache_size = size
         self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
         return flops
@@ -162,7 +174,8 @@ class TrackedStep:
         if placement.processes == 1:
             return counted
         return dataclasses.replace(counted, total=counted.total / placement.processes,
-                                   executed=counted.executed / placement.processes)
+                                   executed=counted.executed / placement.processes,
+                                   recomputed=counted.recomputed / placement.processes)
 
     def close(self, status: str | None = None) -> dict[str, float]:
         """Ends the run and hands back its final `carbon/*` metrics, equal to `run.json`, for the user's writer.

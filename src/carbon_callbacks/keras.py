@@ -19,7 +19,7 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
 
 from carbon_callbacks._compat import keras as _keras
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import add_step_flops, attention_mask, token_shape
+from carbon_callbacks._run.step_flops import BatchPass, SequenceProbe, attention_mask, token_shape
 
 #: Steps per logging interval when `log_every_n_steps` is not given. Keras has no logging interval of its own (its
 #: progress bar redraws every batch), so this is Lightning's `Trainer(log_every_n_steps=50)` default,
@@ -100,6 +100,8 @@ class CarbonCallback(keras.callbacks.Callback):
         self._replicas = 1
         self._global_step = self._epoch = 0
         self._tf_sizes: _keras.TfBatchSizes | None = None  # TensorFlow: the batch sizes, from the loss metric
+        self._tf_observed = False  # TensorFlow: the batches are seen one by one (shapes vary, or masks are read)
+        self._masks_zero = False  # the model embeds ids with mask_zero: id 0 is padding
         self._processes = _keras.Processes()
         self._new_epoch()
 
@@ -195,7 +197,10 @@ class CarbonCallback(keras.callbacks.Callback):
             host=group.host,
         )
         self._tf_sizes = _keras.TfBatchSizes(self._trained) if keras.backend.backend() == "tensorflow" else None
-        self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call)
+        self._masks_zero = _keras.masks_zero_ids(self._trained)
+        self._tf_observed = False
+        self._restore = _keras.wrap_train_function(self._trained, self._before_batch, self._after_call,
+                                                   self._observe_tf)
 
     @guarded
     def on_epoch_begin(self, epoch, logs=None):
@@ -214,10 +219,10 @@ class CarbonCallback(keras.callbacks.Callback):
             try:
                 if end > first and self.session.running:
                     self._global_step += end - first
-                    flops, tokens = self._flops_of_steps(first, end)
                     loss = logs.get("loss") if logs else None
-                    self.session.step_end(flops=flops, real_tokens=tokens, loss=loss, step=self._global_step,
-                                          num_steps=end - first, outputs=loss, epoch=self._epoch)
+                    self.session.step_end(batches=self._passes_of_steps(first, end), loss=loss,
+                                          step=self._global_step, num_steps=end - first, outputs=loss,
+                                          epoch=self._epoch)
                 if logs is not None and self.session.running:
                     logs.update(self.session.metrics)
             finally:
@@ -239,16 +244,38 @@ class CarbonCallback(keras.callbacks.Callback):
         self.finish("finished")
 
     # ------------------------------------------------------------------------------------------- FLOPs
+    def _observe_tf(self, element_spec) -> bool:
+        """TensorFlow: whether the fit's batches must be seen one by one (`_compat.keras.wrap_train_function`): their
+        shapes vary, or their real tokens are to be read (a padding mask, ids under `mask_zero`)."""
+        if element_spec is None:
+            return False
+        x_spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+        self._tf_observed = (not _keras.fixed_shapes(element_spec) or self._masks_zero
+                             or attention_mask(x_spec) is not None)
+        return self._tf_observed
+
     def _before_batch(self, batch) -> None:
-        """Counts a batch as the train function takes it (JAX, torch; main thread): its index's FLOPs and tokens."""
+        """Counts a batch as the train function takes it (main thread): its index's FLOPs and tokens."""
         index, self._taken = self._taken, self._taken + 1
         try:
             x = keras.utils.unpack_x_y_sample_weight(batch)[0]
-            mask = attention_mask(x)
             share = self._processes.share  # a global batch: this process's share of it
-            self._counted[index] = (self._count(x, replicas=share), None if mask is None else share * float(mask.sum()))
+            mask = self._mask(x)
+            lengths = None if mask is None else mask.sum(axis=1).astype("float64")
+            self._counted[index] = BatchPass(self._count(x, replicas=share, mask=mask), lengths, share)
         except Exception as err:
             self.session.hook_failed("counting a batch's FLOPs", err)
+
+    def _mask(self, x):
+        """The mask of `x`'s real tokens (NumPy, on the host): its padding mask, or under `mask_zero` its nonzero
+        ids; `None` when it has neither."""
+        import numpy as np
+
+        mask = attention_mask(x)
+        if mask is None and self._masks_zero:
+            ids = next((a for a in keras.tree.flatten(x) if len(a.shape) == 2 and "int" in str(a.dtype)), None)
+            mask = None if ids is None else np.asarray(ids) != 0
+        return None if mask is None else np.asarray(mask)
 
     def _after_call(self, iterator) -> None:
         """After each train function call (main thread): the steps it dispatched; on TensorFlow, their batch sizes."""
@@ -261,26 +288,26 @@ class CarbonCallback(keras.callbacks.Callback):
             self._dispatched = self._taken
             self._first_of[self._taken] = first
 
-    def _flops_of_steps(self, first: int, end: int):
-        """FLOPs and real tokens of the epoch's batches `first` to `end - 1`, which just ran (`None`: unknown)."""
-        if keras.backend.backend() != "tensorflow":
-            known = [self._counted.pop(i, (None, None)) for i in range(first, end)]
-            tokens = [t for _, t in known]
-            return add_step_flops(f for f, _ in known), None if None in tokens else sum(tokens)
+    def _passes_of_steps(self, first: int, end: int) -> list[BatchPass]:
+        """The passes of the epoch's batches `first` to `end - 1`, which just ran."""
+        if keras.backend.backend() != "tensorflow" or self._tf_observed:
+            return [self._counted.pop(i, BatchPass(None)) for i in range(first, end)]
         sizes = self._tf_sizes.sizes(end, end - first)
         if sizes is None:
-            self.session.warn("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown (or "
-                              "varies); carbon/flops and MFU are not reported. Pass flops= or set "
-                              "model.flops_per_batch, or use the JAX or torch backend.")
-            return None, None
+            self.session.warn("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown; "
+                              "carbon/flops and MFU are not reported. Pass flops= or set model.flops_per_batch.")
+            return []
         x = [self._tf_sizes.zeros(max(size // self._replicas, 1), self._replicas) for size in sizes]
-        return add_step_flops(self._count(sample, replicas=self._replicas) for sample in x), None
+        return [BatchPass(self._count(sample, replicas=self._replicas)) for sample in x]
 
-    def _count(self, x, replicas: int = 1):
-        """One step's figures on inputs `x`, counted once per shape by the session."""
+    def _count(self, x, replicas: int = 1, mask=None):
+        """One step's figures on inputs `x`, counted once per shape by the session; with the `mask` of its real
+        tokens, the model FLOPs of one sequence by its length too."""
         from carbon_callbacks.flops import count
 
         key = tuple((tuple(a.shape), str(a.dtype)) for a in keras.tree.flatten(x))
+        probe = None if mask is None else SequenceProbe(x, mask, lambda cut: count(self._trained, cut,
+                                                                                   framework="keras"))
         return self.session.count(key, lambda: count(self._trained, x, framework="keras"),
                                   lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
-                                  replicas=replicas)
+                                  replicas=replicas, probe=probe)

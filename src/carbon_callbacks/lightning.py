@@ -13,7 +13,16 @@ from typing import Any
 
 from carbon_callbacks._compat import lightning as _lightning
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import array_leaves, attention_mask, batch_key, token_shape
+from carbon_callbacks._run.step_flops import (
+    BatchPass,
+    SequenceProbe,
+    array_leaves,
+    batch_key,
+    labelled_tokens,
+    sequence_lengths,
+    token_layout,
+    token_shape,
+)
 from carbon_callbacks.flops import trainable_fraction
 from carbon_callbacks.meters._factory import torch_host
 
@@ -140,12 +149,15 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         session = self.session
         if not session.running:
             return
+        lengths = sequence_lengths(batch)  # real tokens per sequence, where the batch has a mask or is packed
         flops = session.count(  # once per batch shape; after the step, which it does not change
             batch_key(batch),
             lambda: _count_step(pl_module, batch, batch_idx),
             lambda: token_shape(array_leaves(batch)),
+            trace_model=lambda: _count_step(pl_module, batch, batch_idx, "parameters"),
+            probe=None if lengths is None else SequenceProbe(
+                batch, token_layout(batch), lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
         )
-        mask = attention_mask(batch)
         # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
         # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
         stepped, self._global_step = trainer.global_step != self._global_step, trainer.global_step
@@ -153,8 +165,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         keep_loss = close and isinstance(loss, torch.Tensor) and loss.numel() == 1  # read when the interval closes
         metrics = session.step_end(
-            flops=flops,
-            real_tokens=mask.sum() if mask is not None else None,
+            batches=[BatchPass(flops, lengths, labelled=labelled_tokens(batch) if lengths is not None else None)],
             loss=loss.detach() if keep_loss else None,
             step=trainer.global_step - 1,
             close=close,
@@ -270,12 +281,12 @@ def _run_folder(trainer) -> tuple[Path | None, Path]:
     return root / safe_name(logger.version), root  # MLflow's run id, W&B's run id
 
 
-def _count_step(module, batch, batch_idx):
+def _count_step(module, batch, batch_idx, backward: str = "all"):
     """FLOPs of one training step on this batch, counted on fake tensors with `self.log` muted: nothing runs, no
-    state of the module changes (`carbon_callbacks.flops.count_step`)."""
+    state of the module changes (`carbon_callbacks.flops.count_step`; `backward` as there)."""
     from carbon_callbacks.flops import count_step
 
-    return count_step(module, muted_training_step(module), batch, batch_idx)
+    return count_step(module, muted_training_step(module), batch, batch_idx, backward=backward)
 
 
 def muted_training_step(module):

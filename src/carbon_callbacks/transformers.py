@@ -7,6 +7,7 @@ processes. What it reads from inside transformers is in `carbon_callbacks._compa
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -15,9 +16,19 @@ from carbon_callbacks._compat import transformers as _hf
 from carbon_callbacks._record.reader import read_state
 from carbon_callbacks._record.store import write_state
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import add_step_flops, array_leaves, attention_mask, batch_key, token_shape
+from carbon_callbacks._run.step_flops import (
+    BatchPass,
+    SequenceProbe,
+    array_leaves,
+    batch_key,
+    labelled_tokens,
+    sequence_lengths,
+    token_layout,
+    token_shape,
+)
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
+from carbon_callbacks.flops.analytic import generation_flops
 from carbon_callbacks.meters._factory import torch_host
 
 __all__ = ["CarbonCallback"]
@@ -89,13 +100,17 @@ class CarbonCallback(_hf.TrainerCallback):
             rapl=rapl, dtype=dtype, training_type=training_type, continue_runs=continue_runs,
         )
         self._every = log_every_n_steps
-        self._hook = None
+        self._hooks: list = []
         self._model = None
+        self._generator = None  # the module `generate` calls: the model, or the one inside a peft wrapper
         self._device = torch.device("cpu")
         self._counting = False
-        self._batches: list[tuple[tuple, dict]] = []  # the micro-batches of the optimizer step under way
-        self._figures: list = []  # their FLOPs
-        self._masks: list = []  # their real tokens (an attention mask's sum, on the device), or None
+        self._in_step = False  # between on_step_begin and the step's end: the forwards seen are the step's
+        self._forwards: list[tuple] = []  # (trains, module, args, kwargs) of the training forwards not yet counted
+        self._passes: list[BatchPass] = []  # the optimizer step's passes, counted
+        self._generated: list = [None, 0.0]  # FLOPs and tokens generated in the step
+        self._parts: Counter = Counter()  # what the step ran, by kind of pass (`run.json` info.step_contents)
+        self._step_contents = ""
         self._params_logged = False
         self._handler = None  # the Trainer's CallbackHandler, for the last row on a signal
         self._hook_args: tuple = ()  # the (args, state, control) of the run
@@ -140,11 +155,14 @@ class CarbonCallback(_hf.TrainerCallback):
         self._unhook()  # a train() that raised before (its run is closed as interrupted by `start`)
         if state.global_step > 0:  # resumed from a checkpoint
             self._load(_hf.resumed_from(args, state) / STATE_FILE, state.global_step)
+        trainer = _hf.calling_trainer()
         self._model, self._device = model, args.device
-        self._batches, self._figures, self._masks, self._params_logged = [], [], [], False
-        self._hook = model.register_forward_pre_hook(self._see_batch, with_kwargs=True)
+        self._forwards, self._passes, self._params_logged, self._in_step = [], [], False, False
+        self._parts, self._step_contents = Counter(), ""
+        self._hook_forwards(model, _hf.reference_model(trainer, model))
         why = sharded(model) or ("DeepSpeed or FSDP shard the step" if args.deepspeed or args.fsdp else None)
         multi = args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        elsewhere = _hf.generation_elsewhere(trainer)
         self.session.start(
             model=model,
             traceable=why is None,
@@ -157,7 +175,9 @@ class CarbonCallback(_hf.TrainerCallback):
             info={
                 "framework": _hf.version(),
                 "model": type(model).__name__,
+                "trainer": type(trainer).__name__ if trainer is not None else None,
                 "params_source": "counted: module parameters",
+                **({"generation": elsewhere} if elsewhere else {}),
             },
             total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
             host=torch_host(args.device, args.local_process_index, args.process_index, args.world_size, "accelerate"),
@@ -166,32 +186,84 @@ class CarbonCallback(_hf.TrainerCallback):
             end=self._end_with_process,
         )
 
-    def _see_batch(self, module, args, kwargs) -> None:
-        """Forward pre-hook: keeps each training forward's inputs until its optimizer step ends (no copy)."""
-        if module.training and not self._counting and self.session.running:
-            self._batches.append((args, kwargs))
+    def _hook_forwards(self, model, reference) -> None:
+        """Forward pre-hooks on the trained model, the recipe's reference model and the module `generate` runs."""
+        base = getattr(model, "get_base_model", None)
+        self._generator = base() if callable(base) else model
+        self._hooks = [model.register_forward_pre_hook(self._see_forward, with_kwargs=True)]
+        if self._generator is not model:
+            self._hooks.append(self._generator.register_forward_pre_hook(self._see_generation, with_kwargs=True))
+        if reference is not None:
+            self._hooks.append(reference.register_forward_pre_hook(self._see_forward, with_kwargs=True))
+
+    def _see_forward(self, module, args, kwargs) -> None:
+        """Forward pre-hook: keeps each forward of the step under way (a reference, no copy). A forward with
+        gradients trains (counted after the step); one without is a reference's or a scoring pass (counted now,
+        in the state it runs in: a peft model's adapters may be off), or one of `generate`'s."""
+        if self._counting or not self._in_step or not self.session.running:
+            return
+        if torch.is_grad_enabled():
+            if module.training:
+                self._forwards.append((True, module, args, kwargs))
+        elif _hf.generation_call(kwargs) is not None:
+            if module is self._generator:
+                self._see_generation(module, args, kwargs)
+        else:
+            self._passes.append(self._count_pass(False, module, args, kwargs))
+
+    def _see_generation(self, module, args, kwargs) -> None:
+        """Forward pre-hook of `generate`'s forwards (no gradients, a KV cache): their FLOPs from the model config,
+        at the shapes they run, and one new token per sequence each."""
+        past = _hf.generation_call(kwargs)
+        if past is None or torch.is_grad_enabled() or self._counting or not self._in_step:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is None or len(ids.shape) < 2:
+            return
+        batch, new = int(ids.shape[0]), int(ids.shape[1])
+        mask = kwargs.get("attention_mask")
+        context = int(mask.shape[-1]) if mask is not None and len(mask.shape) == 2 else past + new
+        keep = kwargs.get("logits_to_keep")
+        config = self.session.model_config
+        if config is not None and not config.encoder_decoder:
+            flops = generation_flops(config, batch=batch, new_tokens=new, context=max(context, new),
+                                     logits_tokens=keep if isinstance(keep, int) and keep > 0 else None)
+            self._generated[0] = (self._generated[0] or 0.0) + flops
+        else:
+            self.session.warn("generation-flops", "carbon-callbacks: tokens generated inside the steps are "
+                              "counted, their FLOPs are not: the analytic count does not know this model's config.")
+        self._generated[1] += batch
+        self._parts["generation forward (KV cache, no gradients)"] += 1
+
+    @guarded
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        self._in_step = True
 
     @guarded
     def on_substep_end(self, args, state, control, **kwargs) -> None:
-        self._count_batches()  # a micro-batch under gradient accumulation
+        self._count_forwards()  # a micro-batch under gradient accumulation
 
     @guarded
     def on_step_end(self, args, state, control, **kwargs) -> None:
+        self._in_step = False
         if not self.session.running:
             return
-        self._count_batches()
-        if not self._figures:
+        self._count_forwards()
+        if not any(p.figures is None or p.figures.trains for p in self._passes):
             self.session.warn("no-forward", "carbon-callbacks: no training forward of the Trainer's model was seen "
                               "in a step; its FLOPs and tokens are not counted.")
-        figures, masks = self._figures, self._masks  # the optimizer step: all its micro-batches
-        real = None if not masks or any(m is None for m in masks) else masks[0] if len(masks) == 1 else sum(masks)
+        passes, self._passes = self._passes, []
+        flops, tokens = self._generated
+        self._generated = [None, 0.0]
+        self._describe_step()
         self.session.step_end(
-            flops=figures[0] if len(figures) == 1 else add_step_flops(figures),
-            real_tokens=real,
+            batches=passes,
+            generation=(flops, tokens) if tokens else None,
             step=state.global_step,
             close=bool(self._every) and state.global_step % self._every == 0,
         )
-        self._figures, self._masks = [], []
 
     @guarded
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
@@ -230,32 +302,61 @@ class CarbonCallback(_hf.TrainerCallback):
         self._unhook()
 
     # ------------------------------------------------------------------------------------------- counting
-    def _count_batches(self) -> None:
-        """FLOPs and real tokens of the micro-batches seen since the last call: counted once per batch shape, on
-        fake tensors, after the step (which counting does not change)."""
-        batches, self._batches = self._batches, []
-        for inputs in batches:
-            self._figures.append(self.session.count(
-                batch_key(inputs),
-                lambda inputs=inputs: self._count_step(*inputs),
-                lambda inputs=inputs: token_shape(array_leaves(inputs)),
-            ))
-            mask = attention_mask(inputs[1])
-            self._masks.append(mask.sum() if mask is not None else None)
+    def _count_forwards(self) -> None:
+        """FLOPs and real tokens of the training forwards seen since the last call: counted once per batch shape,
+        on fake tensors, after the step (which counting does not change)."""
+        forwards, self._forwards = self._forwards, []
+        self._passes.extend(self._count_pass(*forward) for forward in forwards)
 
-    def _count_step(self, args, kwargs):
-        model = self._model
+    def _count_pass(self, trains: bool, module, args, kwargs) -> BatchPass:
+        """One pass of `module` on `(args, kwargs)`: its figures (a lookup after its shape's first count) and the
+        real tokens of its sequences (an attention mask's row sums, read when the interval closes)."""
+        self._parts[self._part(trains, module)] += 1
+        inputs = (args, kwargs)
+        lengths = sequence_lengths(kwargs)
+        shape = token_shape(array_leaves(inputs))
+        backward = "all" if trains else "none"
+        layout = token_layout(kwargs)
+        probe = None if layout is None else SequenceProbe(
+            inputs, layout, lambda cut: self._count_step(module, cut, "parameters" if trains else "none"))
+        figures = self.session.count(
+            (id(module), batch_key(inputs)),
+            lambda: self._count_step(module, inputs, backward),
+            lambda: shape,
+            trace_model=(lambda: self._count_step(module, inputs, "parameters")) if trains else None,
+            probe=probe,
+            trains=trains,
+        )
+        return BatchPass(figures, lengths, labelled=labelled_tokens(kwargs) if lengths is not None else None)
+
+    def _part(self, trains: bool, module) -> str:
+        if trains:
+            return "training pass (forward and backward) of the trained model"
+        if module is self._model:
+            return ("forward-only pass of the trained model (no gradients: a reference with its adapters off, or "
+                    "scoring)")
+        return "forward-only pass of the reference model"
+
+    def _describe_step(self) -> None:
+        """States in `run.json` (info.step_contents) what an optimizer step ran, when that changes."""
+        parts, self._parts = self._parts, Counter()
+        contents = "; ".join(f"{count} x {part}" for part, count in parts.items())
+        if contents and contents != self._step_contents:
+            self._step_contents = contents
+            self.session.annotate(step_contents=contents)
+
+    def _count_step(self, module, inputs, backward: str):
         self._counting = True
         try:
-            return count_step(model, lambda a, k: model(*a, **k), args, kwargs)
+            return count_step(module, lambda a, k: module(*a, **k), *inputs, backward=backward)
         finally:
             self._counting = False
 
     def _unhook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        self._batches = []
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._forwards = []
 
     # ------------------------------------------------------------------------------------------- trackers, resume
     def _to_trackers(self, files: bool) -> None:

@@ -63,6 +63,23 @@ def is_backward(stack: str) -> bool:
     return "transpose(" in stack
 
 
+#: The name scope JAX's transpose of a `jax.checkpoint` (`remat`) body puts around the forward it recomputes.
+_RECOMPUTED = "rematted_computation"
+
+
+def differentiated_remat(eqn) -> bool:
+    """Whether an equation is the backward of a `jax.checkpoint` (`remat`) body, which first recomputes its
+    forward. Checked on jax 0.10.2: the `remat2` primitive (`checkpoint` before) with `differentiated=True`."""
+    return eqn.primitive.name in ("remat2", "checkpoint", "remat") and bool(eqn.params.get("differentiated"))
+
+
+def is_recomputation(stack: str) -> bool:
+    """Whether an equation inside a `differentiated_remat` body recomputes the forward: JAX's `remat_transpose`
+    evaluates that part under the name scope `rematted_computation` (checked on jax 0.10.2; elsewhere no
+    recompute is told apart and the model FLOPs of a remat step keep it)."""
+    return _RECOMPUTED in stack.split("/")
+
+
 def _jaxprs_in_params():
     """JAX's own walk over an equation's nested jaxprs: `jax.extend.core` has it, older releases `jax.core`."""
     try:

@@ -9,6 +9,7 @@ multi-process JAX distribution, the global batch) and the loss metric's sample c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -127,10 +128,16 @@ def processes() -> Processes:
     return Processes()
 
 
-def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None]):
-    """Wraps `model.train_function` for one `fit`: `before_batch(batch)` sees each batch it takes (JAX and torch,
-    before its step is dispatched), `after_call(iterator)` runs after each call (the iterator on TensorFlow, whose
-    batches stay inside the graph; `None` elsewhere), both on the main thread.
+def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: Callable[[Any], None],
+                        observe_tf: Callable[[Any], bool] = lambda spec: False):
+    """Wraps `model.train_function` for one `fit`: `before_batch(batch)` sees each batch it takes (before its step
+    is dispatched), `after_call(iterator)` runs after each call (the iterator on TensorFlow when its batches stay
+    inside the graph; `None` when `before_batch` saw them), both on the main thread.
+
+    On TensorFlow the batches stay inside the graph, unless `observe_tf(element_spec)` says they must be seen
+    (shapes that vary, a mask to read): then the train function is handed a Python iterator over the dataset's
+    iterator, which Keras's own train function (3.11.0 to 3.15.1) runs step by step through the same compiled
+    step, and `before_batch` sees each batch.
 
     Returns:
         A function that puts the original back, or `None` when the model has no `train_function` (warned).
@@ -140,10 +147,18 @@ def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: 
         missing("keras", "Model.train_function", _CHECKED, "FLOPs are not counted in this fit; pass flops=.")
         return None
     if keras.backend.backend() == "tensorflow":
+        observe: list[bool] = []  # decided at the first call, from the dataset's element spec
 
         def train_function(iterator):
-            out = original(iterator)
-            after_call(iterator)
+            if not observe:
+                observe.append(bool(observe_tf(getattr(iterator, "element_spec", None))))
+            if not observe[0]:
+                out = original(iterator)
+                after_call(iterator)
+                return out
+            first = next(iterator)  # StopIteration ends the epoch, as Keras's own function raises it
+            out = original(_Observed(itertools.chain([first], iterator), before_batch))
+            after_call(None)
             return out
 
     else:
@@ -161,6 +176,13 @@ def wrap_train_function(model, before_batch: Callable[[Any], None], after_call: 
 
     model.train_function = train_function
     return lambda: setattr(model, "train_function", original)
+
+
+def masks_zero_ids(model) -> bool:
+    """Whether the model embeds token ids with `mask_zero=True` (id 0 is padding, and Keras masks it)."""
+    layers = getattr(model, "_flatten_layers", None)
+    found = layers(include_self=False) if callable(layers) else getattr(model, "layers", [])
+    return any(isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False) for layer in found)
 
 
 def loss_sample_count(model) -> int | None:

@@ -14,7 +14,11 @@ function each:
   (`resumed_from`), since no hook is told which checkpoint a run resumed from;
 - the checkpoint folder's name, `<output_dir>/checkpoint-<global_step>` (`checkpoint_dir`), which
   `Trainer._save_checkpoint` writes just before `on_save` and transformers' own `MLflowCallback.on_save` reads;
-- the key of the Trainer's closing log row, `train_runtime` (`is_closing_row`).
+- the key of the Trainer's closing log row, `train_runtime` (`is_closing_row`);
+- the Trainer itself, from the same frame (`calling_trainer`), for what the recipes built on it hold beside the
+  model: TRL's `ref_model` (`reference_model`) and `args.use_vllm` / `args.vllm_mode` (`generation_elsewhere`);
+- a forward `generate` makes: the cache it is handed (`past_key_values`; `cache` in 5.24) and the cache's
+  `get_seq_length()` (`generation_call`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,67 @@ def last_row(handler, args, state, control, logs: dict) -> None:
     after appending it to `state.log_history` (which this does too): the `report_to` integrations write it."""
     state.log_history.append({**logs, "step": state.global_step})
     handler.on_log(args, state, control, logs)
+
+
+def calling_trainer(frames: int = _FRAMES):
+    """The `transformers.Trainer` whose loop calls the hook running now (the `self` of a frame above it), or `None`.
+
+    Checked on 4.46.1 to 5.24.0: `Trainer._inner_training_loop` calls `on_train_begin` through the handler.
+    """
+    trainer_type = getattr(transformers, "Trainer", None)
+    frame = sys._getframe(1)
+    for _ in range(frames):
+        if frame is None or trainer_type is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, trainer_type):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def reference_model(trainer, model):
+    """The frozen reference model a recipe runs beside `model` (TRL's DPO, KTO, GRPO with `beta > 0`: their
+    `ref_model`), or `None` (no reference, or the reference is `model` with its adapters off)."""
+    import torch
+
+    reference = getattr(trainer, "ref_model", None)
+    if isinstance(reference, torch.nn.Module) and reference is not model:
+        return getattr(reference, "module", reference)  # accelerate's DDP wrapper, in evaluation mode
+    return None
+
+
+def generation_elsewhere(trainer) -> str | None:
+    """Why a recipe's generation runs where no hook sees it (TRL's vLLM, a server or colocated), or `None`.
+
+    TRL's online trainers (GRPO, RLOO, online DPO, GKD...) take `args.use_vllm` and `args.vllm_mode`
+    (`"server"`, `"colocate"`); checked on TRL 1.16.0.
+    """
+    args = getattr(trainer, "args", None)
+    if not getattr(args, "use_vllm", False):
+        return None
+    mode = getattr(args, "vllm_mode", None)
+    where = "a separate vLLM server" if mode == "server" else f"vLLM ({mode or 'its own engine'}) in this process"
+    return (f"generation runs in {where}, outside the model this callback watches: its tokens and FLOPs are not "
+            "counted; its energy is, where the meter sees that device")
+
+
+def generation_call(kwargs) -> int | None:
+    """Positions the KV cache held before this forward, when it is one of `generate`'s (a call handed a cache:
+    `past_key_values` up to transformers 5.x, `cache` in 5.24), else `None`.
+
+    Checked on 4.46.1 to 5.24.0. A cache without `get_seq_length` (a legacy tuple) counts as empty.
+    """
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        cache = kwargs.get("cache")
+    if cache is None:
+        return None
+    length = getattr(cache, "get_seq_length", None)
+    try:
+        return int(length()) if callable(length) else 0
+    except Exception:  # noqa: BLE001 - a cache type of its own: the attention mask still gives the context
+        return 0
 
 
 def resumed_from(args, state) -> Path:

@@ -36,7 +36,8 @@ RUN_FIELDS: dict[str, str] = {
     "run_id": TEXT, "wall_time_s": AMOUNT, "energy_kwh": AMOUNT, "it_energy_kwh": AMOUNT, "pue": AMOUNT,
     "gross_kg_per_kwh": AMOUNT, "net_kg_per_kwh": AMOUNT, "gross_co2e_kg": AMOUNT, "net_co2e_kg": AMOUNT,
     "peak_flops_per_chip": AMOUNT, "total_model_flops": AMOUNT, "total_hardware_flops": AMOUNT, "tokens": AMOUNT,
-    "padding_tokens": AMOUNT, "mfu": AMOUNT, "achieved_flops_per_chip": AMOUNT, "avg_power_w_per_chip": AMOUNT,
+    "padding_tokens": AMOUNT, "total_generation_flops": AMOUNT, "generation_tokens": AMOUNT, "mfu": AMOUNT,
+    "mfu_covers": TEXT, "achieved_flops_per_chip": AMOUNT, "avg_power_w_per_chip": AMOUNT,
     "energy_j_per_token": AMOUNT, "embodied_co2e_kg": AMOUNT, "embodied_kgco2e_per_chip": AMOUNT,
     "lifetime_years": AMOUNT,
 }

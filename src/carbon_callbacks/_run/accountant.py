@@ -21,7 +21,13 @@ from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import COMPONENTS, check_method, join_methods
 
 #: Additive totals reduced across ranks (data-parallel workers), in this order.
-REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens", "padding_tokens")
+REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens", "padding_tokens",
+                  "generation_flops", "generation_tokens")
+#: The totals that may be unknown (`None`), beside the energy.
+_OPTIONAL = ("model_flops", "hardware_flops", "tokens", "padding_tokens", "generation_flops", "generation_tokens")
+#: What `mfu` covers in a run that generated tokens inside its steps.
+MFU_WITH_GENERATION = ("the training passes' model FLOPs over the whole step time, which includes generation; the "
+                       "generation's FLOPs (total_generation_flops) are not in it")
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -99,6 +105,8 @@ class Accountant:
         self.hardware_flops: float | None = None
         self.tokens: float | None = None
         self.padding_tokens: float | None = None
+        self.generation_flops: float | None = None
+        self.generation_tokens: float | None = None
         self.last_model_flops: float | None = None
         self.last_seconds: float | None = None
         self.status = "running"
@@ -119,6 +127,8 @@ class Accountant:
             "hardware_flops": self.hardware_flops,
             "tokens": self.tokens,
             "padding_tokens": self.padding_tokens,
+            "generation_flops": self.generation_flops,
+            "generation_tokens": self.generation_tokens,
             "started_at": self.started_at,
         }
 
@@ -142,13 +152,13 @@ class Accountant:
             methods = {c: check_method(f"state_dict['methods'][{c!r}]", m) for c, m in state["methods"].items()}
             optional = {key: None if state.get(key) is None else check_number(f"state_dict[{key!r}]", state[key],
                                                                                non_negative=True)
-                        for key in ("model_flops", "hardware_flops", "tokens", "padding_tokens")}
+                        for key in _OPTIONAL}
         except (KeyError, TypeError, AttributeError) as err:
             raise InvalidInputError(f"state_dict is cut short or malformed ({type(err).__name__}: {err}).") from None
         self.steps, self.seconds, self.seconds_with_model_flops = steps, seconds, with_flops
         self.energy_j, self.methods = energy, methods
-        self.model_flops, self.hardware_flops = optional["model_flops"], optional["hardware_flops"]
-        self.tokens, self.padding_tokens = optional["tokens"], optional["padding_tokens"]
+        for key, value in optional.items():
+            setattr(self, key, value)
         self.started_at = str(state.get("started_at", self.started_at))
 
     def annotate(self, **info) -> None:
@@ -166,6 +176,8 @@ class Accountant:
         hardware_flops: float | None = None,
         tokens: float | None = None,
         padding_tokens: float | None = None,
+        generation_flops: float | None = None,
+        generation_tokens: float | None = None,
         loss: float | None = None,
         step: int | None = None,
         num_steps: int = 1,
@@ -183,6 +195,9 @@ class Accountant:
             tokens: tokens processed, padding excluded where the batch says which positions are padding.
                 Defaults to `None`.
             padding_tokens: padded positions processed beside `tokens`. Defaults to `None` (not known).
+            generation_flops: FLOPs of generating tokens inside the steps (GRPO, online DPO), forward only; also in
+                `hardware_flops`, never in `model_flops`. Defaults to `None` (no generation, or not counted).
+            generation_tokens: tokens generated inside the steps. Defaults to `None`.
             loss: the training loss, stored with the record for plots. Defaults to `None`.
             step: the step number the framework's logger used for the row of this observation (docs/adapters.md
                 says which, per framework). Defaults to `None`: this accountant's step count.
@@ -223,6 +238,10 @@ class Accountant:
             tokens = check_number("tokens", tokens, non_negative=True)
         if padding_tokens is not None:
             padding_tokens = check_number("padding_tokens", padding_tokens, non_negative=True)
+        if generation_flops is not None:
+            generation_flops = check_number("generation_flops", generation_flops, non_negative=True)
+        if generation_tokens is not None:
+            generation_tokens = check_number("generation_tokens", generation_tokens, non_negative=True)
         if loss is not None:
             loss = float(loss)  # a NaN loss is the user's to see, not ours to reject
 
@@ -242,6 +261,10 @@ class Accountant:
             self.tokens = (self.tokens or 0.0) + tokens
         if padding_tokens is not None:
             self.padding_tokens = (self.padding_tokens or 0.0) + padding_tokens
+        if generation_flops is not None:
+            self.generation_flops = (self.generation_flops or 0.0) + generation_flops
+        if generation_tokens is not None:
+            self.generation_tokens = (self.generation_tokens or 0.0) + generation_tokens
         self.last_model_flops = None if model_flops is None else model_flops / num_steps
         self.last_seconds = seconds / num_steps
 
@@ -293,30 +316,16 @@ class Accountant:
         """This rank's additive totals in `REDUCED_FIELDS` order, for a sum across ranks (None counts as 0)."""
         return [
             *(self.energy_j[c] for c in COMPONENTS),
-            self.model_flops or 0.0,
-            self.hardware_flops or 0.0,
-            self.tokens or 0.0,
-            self.padding_tokens or 0.0,
+            *(getattr(self, key) or 0.0 for key in _OPTIONAL),
         ]
 
     # ----------------------------------------------------------------------------------------------- output
     def _totals(self) -> dict[str, float | None]:
         if self._global is not None:
             g = self._global
-            return {
-                "energy_j": {c: g[f"energy_j_{c}"] for c in COMPONENTS},
-                "model_flops": g["model_flops"] if self.model_flops is not None else None,
-                "hardware_flops": g["hardware_flops"] if self.hardware_flops is not None else None,
-                "tokens": g["tokens"] if self.tokens is not None else None,
-                "padding_tokens": g["padding_tokens"] if self.padding_tokens is not None else None,
-            }
-        return {
-            "energy_j": self.energy_j,
-            "model_flops": self.model_flops,
-            "hardware_flops": self.hardware_flops,
-            "tokens": self.tokens,
-            "padding_tokens": self.padding_tokens,
-        }
+            return {"energy_j": {c: g[f"energy_j_{c}"] for c in COMPONENTS},
+                    **{key: g[key] if getattr(self, key) is not None else None for key in _OPTIONAL}}
+        return {"energy_j": self.energy_j, **{key: getattr(self, key) for key in _OPTIONAL}}
 
     @property
     def _local_chips(self) -> int:
@@ -384,7 +393,10 @@ class Accountant:
             "total_hardware_flops": totals["hardware_flops"],
             "tokens": tokens,
             "padding_tokens": totals["padding_tokens"],
+            "total_generation_flops": totals["generation_flops"],
+            "generation_tokens": totals["generation_tokens"],
             "mfu": mfu,
+            "mfu_covers": MFU_WITH_GENERATION if totals["generation_tokens"] is not None and mfu is not None else None,
             "achieved_flops_per_chip": (
                 model_flops / self.seconds_with_model_flops / self.num_chips
                 if model_flops is not None and self.seconds_with_model_flops > 0

@@ -9,10 +9,10 @@ estimate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from carbon_callbacks._run.step_flops import StepFlops
+from carbon_callbacks._run.step_flops import BatchPass
 from carbon_callbacks.meters._base import Measurement
 
 _WINDOW = "carbon-callbacks/interval"
@@ -28,10 +28,8 @@ class OpenInterval:
     def reset(self) -> None:
         """Forgets the steps (the interval was recorded); the meter's window stays open."""
         self.steps = 0
-        self._model_flops: float | None = None
-        self._hardware_flops: float | None = None
-        self._positions: float | None = None
-        self._real_tokens: list[Any] = []
+        self._batches: list[BatchPass] = []
+        self._generation: list[tuple[float | None, float]] = []
         self._loss: Any = None
         self._step: int | None = None
         self.outputs: Any = None
@@ -43,16 +41,13 @@ class OpenInterval:
         self.reset()
         meter.begin_window(_WINDOW)
 
-    def add(self, flops: StepFlops | None, real_tokens: Any, loss: Any, step: int | None, outputs: Any,
-            num_steps: int) -> None:
-        """Adds `num_steps` finished steps (see `RunSession.step_end`)."""
+    def add(self, batches: Sequence[BatchPass], generation: tuple[float | None, float] | None, loss: Any,
+            step: int | None, outputs: Any, num_steps: int) -> None:
+        """Adds `num_steps` finished steps (see `RunSession.step_end`): references only, nothing is read."""
         self.steps += num_steps
-        if flops is not None:
-            self._model_flops = _plus(self._model_flops, flops.model_flops)
-            self._hardware_flops = _plus(self._hardware_flops, flops.hardware_flops)
-            self._positions = _plus(self._positions, flops.tokens)
-        if real_tokens is not None:
-            self._real_tokens.append(real_tokens)
+        self._batches.extend(batches)
+        if generation is not None:
+            self._generation.append(generation)
         self._loss, self._step, self.outputs = loss, step, outputs
 
     def measure(self, device_sync: Callable[[Any], None] | None) -> None:
@@ -64,19 +59,64 @@ class OpenInterval:
         self._meter.begin_window(_WINDOW)
 
     def observation(self) -> dict:
-        """The interval as `Accountant.update` arguments (after `measure`); tokens without padding when known."""
+        """The interval as `Accountant.update` arguments (after `measure`): model FLOPs and tokens of the real
+        tokens where the batches say which are padding, generation beside them."""
         measured = self._measured
-        tokens, padding = self._positions, None
-        if self._real_tokens and tokens is not None:
-            real = float(sum(float(t) for t in self._real_tokens))
-            tokens, padding = real, max(tokens - real, 0.0)
+        totals = _Totals()
+        for batch in self._batches:
+            totals.add(batch)
+        generation_flops, generation_tokens = None, None
+        for flops, tokens in self._generation:
+            generation_flops = _plus(generation_flops, flops)
+            generation_tokens = _plus(generation_tokens, tokens)
         try:
             loss = None if self._loss is None else float(self._loss)
         except (TypeError, ValueError):
             loss = None
         return dict(seconds=measured.seconds, energy_j=measured.energy_j, energy_method=measured.methods,
-                    model_flops=self._model_flops, hardware_flops=self._hardware_flops, tokens=tokens,
-                    padding_tokens=padding, loss=loss, step=self._step, num_steps=self.steps)
+                    model_flops=totals.model, hardware_flops=_plus(totals.hardware, generation_flops),
+                    tokens=totals.tokens, padding_tokens=totals.padding, generation_flops=generation_flops,
+                    generation_tokens=generation_tokens, loss=loss, step=self._step, num_steps=self.steps)
+
+
+class _Totals:
+    """The sums of an interval's passes, where each pass's lengths (read here, once) set its real tokens and, with
+    a per-sequence polynomial, its model FLOPs."""
+
+    def __init__(self) -> None:
+        self.model = self.hardware = self.tokens = self.padding = None
+
+    def add(self, batch: BatchPass) -> None:
+        figures, lengths = batch.figures, _host(batch.lengths)
+        real = None if lengths is None else batch.scale * (sum(lengths) if isinstance(lengths, list) else lengths)
+        if figures is None:
+            self.tokens = _plus(self.tokens, real)  # tokens known, FLOPs not
+            return
+        model = figures.model_flops
+        labelled = _host(batch.labelled)
+        if isinstance(lengths, list) and figures.per_sequence is not None:
+            c0, c1, c2, c3 = figures.per_sequence
+            if not c3 or labelled is not None:  # the labelled term is linear: its total is enough
+                model = sum(c0 + c1 * n + c2 * n * n for n in lengths if n > 0)
+                model += c3 * (sum(labelled) if isinstance(labelled, list) else labelled or 0.0)
+        self.model = _plus(self.model, model)
+        self.hardware = _plus(self.hardware, figures.hardware_flops)
+        if not figures.trains:
+            return
+        positions = figures.tokens
+        self.tokens = _plus(self.tokens, positions if real is None else real)
+        if real is not None and positions is not None:
+            self.padding = _plus(self.padding, max(positions - real, 0.0))
+
+
+def _host(lengths: Any) -> list[float] | float | None:
+    """Lengths as host numbers: a list per sequence, or one total (a scalar given), or `None`."""
+    if lengths is None:
+        return None
+    values = lengths.tolist() if callable(getattr(lengths, "tolist", None)) else lengths
+    if isinstance(values, (list, tuple)):
+        return [float(v) for v in values]
+    return float(values)
 
 
 def _plus(total: float | None, value: float | None) -> float | None:

@@ -70,6 +70,70 @@ class LengthFit:
                 f" and equal to the counts at L={lengths[FIT_LENGTHS:]}")
 
 
+class SequenceFit:
+    """The model FLOPs of one sequence as `c0 + c1 n + c2 n^2 + c3 m` in its real tokens `n` and, where its batch
+    carries labels, the tokens `m` whose label the loss reads (a fused LM head computes logits for those alone):
+    fitted exactly to counts of one sequence at a few `(n, m)`, then checked on further ones.
+
+    Args:
+        labelled: whether the sequences carry labels (else `m` is not a variable: `c3 = 0`).
+    """
+
+    def __init__(self, labelled: bool) -> None:
+        self.labelled = labelled
+        self.unknowns = 4 if labelled else 3
+        self.points: list[tuple[int, int, int]] = []
+        self.coefficients: tuple[Fraction, ...] | None = None
+        self.trusted = False
+        self.failed = False
+
+    def add(self, n: int, m: int, flops: int) -> None:
+        """Records one sequence's count: it fits the polynomial, or checks it, or (when it disagrees) ends its use."""
+        if self.failed or self.trusted:
+            return
+        if self.coefficients is not None:
+            if self._value(n, m) != flops:
+                self.failed = True
+                return
+            self.points.append((n, m, int(flops)))
+            self.trusted = len(self.points) == self.unknowns + CHECK_LENGTHS
+            return
+        self.points.append((n, m, int(flops)))
+        if len(self.points) == self.unknowns:
+            self.coefficients = _solve([self._features(n, m) for n, m, _ in self.points],
+                                       [y for _, _, y in self.points])
+            self.failed = self.coefficients is None
+
+    def per_sequence(self) -> tuple[float, float, float, float] | None:
+        """`(c0, c1, c2, c3)` once trusted, else `None`."""
+        if not self.trusted:
+            return None
+        c = [float(v) for v in self.coefficients]
+        return (c[0], c[1], c[2], c[3] if self.labelled else 0.0)
+
+    def _features(self, n: int, m: int) -> list[int]:
+        return [1, n, n * n, m][:self.unknowns]
+
+    def _value(self, n: int, m: int) -> Fraction:
+        return sum(c * x for c, x in zip(self.coefficients, self._features(n, m)))
+
+
+def _solve(rows: list[list[int]], values: list[int]) -> tuple[Fraction, ...] | None:
+    """The exact solution of a square linear system (Gaussian elimination in rationals); `None` if singular."""
+    size = len(rows)
+    matrix = [[Fraction(x) for x in row] + [Fraction(y)] for row, y in zip(rows, values)]
+    for col in range(size):
+        pivot = next((r for r in range(col, size) if matrix[r][col] != 0), None)
+        if pivot is None:
+            return None
+        matrix[col], matrix[pivot] = matrix[pivot], matrix[col]
+        for r in range(size):
+            if r != col and matrix[r][col] != 0:
+                factor = matrix[r][col] / matrix[col][col]
+                matrix[r] = [a - factor * b for a, b in zip(matrix[r], matrix[col])]
+    return tuple(matrix[i][size] / matrix[i][i] for i in range(size))
+
+
 def _quadratic(points: dict[int, int]) -> tuple[Fraction, Fraction, Fraction]:
     """The exact (a, b, c) of `a + b x + c x^2` through three points (Lagrange, in rationals)."""
     (x0, y0), (x1, y1), (x2, y2) = points.items()

@@ -34,7 +34,7 @@ from carbon_callbacks._reports.projection import ProjectionSample
 from carbon_callbacks._run import lifecycle
 from carbon_callbacks._run.accountant import REDUCED_FIELDS, Accountant
 from carbon_callbacks._run.interval import OpenInterval
-from carbon_callbacks._run.step_flops import StepFlops, StepFlopsSource
+from carbon_callbacks._run.step_flops import BatchPass, StepFlops, StepFlopsSource
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks._warnings import strict, warn_once
@@ -228,6 +228,12 @@ class RunSession:
         FLOPs. After `finish`, the run's final totals (equal to `run.json`).
         """
         return dict(self._metrics)
+
+    @property
+    def model_config(self):
+        """The `TransformerConfig` this run's model FLOPs come from, when its model has one the analytic count
+        knows (`None` otherwise): generation inside steps is counted from it."""
+        return self._flops.config
 
     @property
     def finished_summary(self) -> dict | None:
@@ -493,8 +499,11 @@ class RunSession:
         token_shape: Callable[[], tuple[int, int] | None],
         *,
         replicas: int = 1,
+        trace_model: Callable[[], Any] | None = None,
+        probe: Callable[[int], Any] | None = None,
+        trains: bool = True,
     ) -> StepFlops | None:
-        """One step's FLOPs and token positions for the batch described by `batch_key`, counted once per key.
+        """One pass's FLOPs and token positions for the batch described by `batch_key`, counted once per key.
 
         Args:
             batch_key: a hashable description of the batch's shapes and dtypes.
@@ -502,8 +511,10 @@ class RunSession:
             token_shape: the batch's `(batch, sequence)` of token ids, or `None`.
             replicas: replicas that each run this batch (the count is of one); given FLOPs are already global.
                 Defaults to `1`.
+            trace_model, probe, trains: see `StepFlopsSource.for_batch`.
         """
-        figures = self._flops.for_batch(batch_key, trace, token_shape)
+        figures = self._flops.for_batch(batch_key, trace, token_shape, trace_model=trace_model, probe=probe,
+                                        trains=trains)
         if figures is None or replicas == 1 or self._flops.fixed is not None:
             return figures
         return figures.times(replicas)
@@ -514,6 +525,8 @@ class RunSession:
         *,
         flops: StepFlops | None = None,
         real_tokens: Any = None,
+        batches: Sequence[BatchPass] | None = None,
+        generation: tuple[float | None, float] | None = None,
         loss: Any = None,
         step: int | None = None,
         num_steps: int = 1,
@@ -524,9 +537,13 @@ class RunSession:
         """Records finished training steps; closes the interval on a logging step.
 
         Args:
-            flops: FLOPs and token positions of the `num_steps` steps together. Defaults to `None`.
-            real_tokens: the tokens that are not padding (an attention mask's sum), a number or a device scalar
-                read only when the interval closes. Defaults to `None`: every token position is a token.
+            flops: FLOPs and token positions of the `num_steps` steps together, for one batch. Defaults to `None`.
+            real_tokens: with `flops`, the real tokens of each of its sequences (`sequence_lengths`: a device vector
+                read only when the interval closes) or their total. Defaults to `None`: every position is a token.
+            batches: the passes of the steps, each with its figures and lengths, in place of `flops` and
+                `real_tokens` (several micro-batches, a reference model's forward). Defaults to `None`.
+            generation: `(FLOPs, tokens)` generated inside these steps (GRPO, online DPO), FLOPs `None` when not
+                counted. Defaults to `None`: no generation.
             loss: the last step's loss; a device scalar is read only when the interval closes. Defaults to `None`.
             step: the step number the framework's logger uses for this row. Defaults to `None`.
             num_steps: training steps this call covers (Keras runs `steps_per_execution` per call). Defaults to `1`.
@@ -538,9 +555,14 @@ class RunSession:
         Returns:
             The fresh `metrics` when an interval closed, else `None`.
         """
-        self._open.add(flops, real_tokens, loss, step, outputs, num_steps)
-        if flops is not None and flops.model_flops is not None and "carbon/flops" in self._metrics:
-            self._metrics["carbon/flops"] = flops.model_flops / num_steps
+        if batches is None:
+            batches = () if flops is None and real_tokens is None else (BatchPass(flops, real_tokens),)
+        self._open.add(batches, generation, loss, step, outputs, num_steps)
+        if "carbon/flops" in self._metrics:
+            known = [p.figures.model_flops * p.scale for p in batches
+                     if p.figures is not None and p.figures.model_flops is not None]
+            if known:
+                self._metrics["carbon/flops"] = sum(known) / num_steps
         if not (self._open.steps >= self._interval if close is None else close):
             return None
         return self.close_interval(epoch=epoch)
@@ -711,7 +733,7 @@ class RunSession:
         if self._world_size > 1 and totals is not None:
             named = dict(zip(REDUCED_FIELDS, (v / self._world_size for v in totals)))
             state["energy_j"] = {k[len("energy_j_"):]: v for k, v in named.items() if k.startswith("energy_j_")}
-            for key in ("model_flops", "hardware_flops", "tokens", "padding_tokens"):
+            for key in (k for k in REDUCED_FIELDS if not k.startswith("energy_j_")):
                 if state.get(key) is not None:
                     state[key] = named[key]
         if self.run_dir is not None:

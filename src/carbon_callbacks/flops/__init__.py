@@ -151,15 +151,16 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
     return _keras.count(fn, *args, **kwargs)
 
 
-def count_step(module: Any, step: Any, *inputs: Any, fallback: str | None = "real") -> FlopCount:
-    """Counts one torch training step, `step(*inputs)` and its backward, with fake tensors: nothing runs.
+def count_step(module: Any, step: Any, *inputs: Any, fallback: str | None = "real", backward: str = "all") -> FlopCount:
+    """Counts one torch training step, `step(*inputs)` and its backward (`"all"`, `"parameters"` or `"none"`),
+    with fake tensors: nothing runs.
 
     See `carbon_callbacks.flops._torch_step.count_step` (arguments, method labels, the real-step fallback) and
     docs/flops.md "A torch training step, counted without running it". Imports torch.
     """
     from carbon_callbacks.flops import _torch_step
 
-    return _torch_step.count_step(module, step, *inputs, fallback=fallback)
+    return _torch_step.count_step(module, step, *inputs, fallback=fallback, backward=backward)
 
 
 def trainable_fraction(module: Any):

@@ -107,20 +107,25 @@ class _Walker:
     def __init__(self) -> None:
         self.own: dict[str, int] = defaultdict(int)
         self.total = 0
+        self.recomputed = 0  # of `total`: forwards that `jax.checkpoint` recomputes in the backward pass
         self.backward = False
         self.named = True
         self.warnings: list[str] = []
         self.devices: set = set()  # of the meshes and shardings the jaxpr names
 
-    def walk(self, jaxpr, prefix: str, times: int, outer_backward: bool = False) -> None:
+    def walk(self, jaxpr, prefix: str, times: int, outer_backward: bool = False, remat: bool = False,
+             recompute: bool = False) -> None:
         """Counts `jaxpr`, run `times` times, inside equations named `prefix`; `outer_backward`: inside an equation
-        of the backward pass (the equations of a `remat` body, transposed, keep their forward names)."""
+        of the backward pass (the equations of a `remat` body, transposed, keep their forward names); `remat`:
+        inside the backward of a `jax.checkpoint` body; `recompute`: inside the forward it recomputes."""
         producers = {var: eqn for eqn in jaxpr.eqns for var in eqn.outvars}
         for eqn in jaxpr.eqns:
             stack = compat.name_stack(eqn)
             if stack is None:
                 self.named, stack = False, ""
             backward = outer_backward or compat.is_backward(stack)
+            recomputed = recompute or (remat and compat.is_recomputation(stack))
+            inner = {"remat": remat or compat.differentiated_remat(eqn), "recompute": recomputed}
             self.backward = self.backward or backward
             path = "/".join(p for p in (prefix, *compat.module_path(stack).split("/")) if p and p != _SCOPE)
             name = eqn.primitive.name
@@ -132,20 +137,22 @@ class _Walker:
                     continue
                 self.total += flops * times
                 self.own[path] += flops * times
+                if recomputed:
+                    self.recomputed += flops * times
             elif name == "scan":
                 for body in compat.scan_body(eqn):
-                    self.walk(body, path, times * compat.scan_length(eqn), backward)
+                    self.walk(body, path, times * compat.scan_length(eqn), backward, **inner)
             elif name == "while":
                 self.warnings.append(
                     f"`while` loop at {path or '<top>'}: trip count not static, its body counted once"
                 )
                 for body in compat.while_body(eqn):
-                    self.walk(body, path, times, backward)
+                    self.walk(body, path, times, backward, **inner)
             elif name == "cond":
                 counts = []
                 for branch in compat.cond_branches(eqn):
                     sub = _Walker()
-                    sub.walk(branch, path, times, backward)
+                    sub.walk(branch, path, times, backward, **inner)
                     counts.append(sub)
                 if counts:
                     largest = max(counts, key=lambda w: w.total)
@@ -155,16 +162,17 @@ class _Walker:
             elif name == "shard_map":  # the body runs on each device of its manual mesh axes, on its shard
                 self.devices.update(compat.shard_map_devices(eqn))
                 for body in compat.sub_jaxprs(eqn):
-                    self.walk(body, path, times * compat.shard_map_copies(eqn), backward)
+                    self.walk(body, path, times * compat.shard_map_copies(eqn), backward, **inner)
             else:
                 if name in ("jit", "pjit"):
                     for sharding in compat.jit_shardings(eqn):
                         self.devices.update(sharding.device_set)
-                for inner in compat.sub_jaxprs(eqn):
-                    self.walk(inner, path, times, backward)
+                for body in compat.sub_jaxprs(eqn):
+                    self.walk(body, path, times, backward, **inner)
 
     def _merge(self, other: _Walker) -> None:
         self.total += other.total
+        self.recomputed += other.recomputed
         self.backward = self.backward or other.backward
         self.named = self.named and other.named
         self.warnings.extend(other.warnings)
@@ -216,6 +224,7 @@ def count_placed(fn, *args, **kwargs) -> tuple[FlopCount, Placement]:
         includes_backward=walker.backward or not walker.named,
         own_flops=dict(walker.own),
         warnings=list(dict.fromkeys(walker.warnings)),
+        recomputed=walker.recomputed,
     )
     return result, placement
 

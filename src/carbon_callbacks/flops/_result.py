@@ -65,6 +65,10 @@ class FlopCount:
         breakdown: `total` split by layer kind (`LAYER_KINDS` plus `other`), from the module names the
             framework reports; empty where it reports none. An estimate for apportioning energy, not a measure.
         warnings: what could not be counted exactly (ops counted as zero, loops of unknown trip count).
+        recomputed: the part of `total` that activation checkpointing re-ran in the backward pass (torch step
+            counts); `total - recomputed` is the step without recompute (`without_recompute`).
+        other_gradients: whether the backward computed gradients that no trainable parameter needs (an input
+            made to require one); a count with `backward="parameters"` leaves them out.
     """
 
     total: int
@@ -74,6 +78,13 @@ class FlopCount:
     includes_backward: bool
     breakdown: dict[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    recomputed: int = 0
+    other_gradients: bool = False
+
+    @property
+    def without_recompute(self) -> int:
+        """FLOPs of the step with each forward counted once: the model FLOPs of a traced step."""
+        return self.total - self.recomputed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +98,7 @@ def finish(
     includes_backward: bool,
     own_flops: dict[str, int] | None = None,
     warnings: list[str] | tuple[str, ...] = (),
+    recomputed: int = 0,
 ) -> FlopCount:
     """Builds a `FlopCount`, scaling a forward-only trace by 3 and saying so in `method`."""
     scale = 1 if includes_backward else 3
@@ -101,4 +113,5 @@ def finish(
         includes_backward=includes_backward,
         breakdown=breakdown,
         warnings=tuple(warnings),
+        recomputed=int(recomputed) if includes_backward else 0,
     )

@@ -20,7 +20,8 @@ FLOPs are attributed to the innermost module running (`Counter.own`), named by i
 module, through global hooks, when a plain function is counted) keep the module running; in the backward pass an
 op belongs to the module whose forward created the autograd node that runs it: a counted op's output is read for
 its node (`grad_fn`) at the next op, once autograd has attached it. A forward recomputed in the backward pass
-(activation checkpointing) runs under the module hooks again.
+(activation checkpointing) runs under the module hooks again, with grad mode on inside the autograd engine: its
+FLOPs are counted, and kept apart in `Counter.recomputed` (hardware FLOPs include them, model FLOPs do not).
 """
 
 from __future__ import annotations
@@ -202,6 +203,9 @@ class Counter:
     Attributes:
         total: FLOPs counted.
         backward_flops: the part of `total` run by the autograd engine (the backward pass).
+        recomputed: the part of `total` run by forwards that activation checkpointing re-runs in the backward pass
+            (a module called while the autograd engine runs, with grad mode on: `torch.utils.checkpoint`, reentrant
+            or not, and the Hugging Face `gradient_checkpointing_enable` built on it).
         own: FLOPs by the path of the innermost module that ran them (`""`: outside every module).
     """
 
@@ -209,6 +213,7 @@ class Counter:
         self.root = root
         self.total = 0
         self.backward_flops = 0
+        self.recomputed = 0
         self.own: defaultdict[str, int] = defaultdict(int)
         self.plans: dict = {}
         self.pending: list = []  # (output of a counted forward op, module path): its autograd node, to label
@@ -224,7 +229,7 @@ class Counter:
         self._mode = None
 
     def __enter__(self) -> Counter:
-        self.total = self.backward_flops = 0
+        self.total = self.backward_flops = self.recomputed = 0
         self.own.clear()
         self._hook_modules()
         try:
@@ -271,8 +276,11 @@ class Counter:
         backward = current_graph_task_id() != -1
         if self._stack:  # a forward, also one recomputed in the backward pass
             path = self._stack[-1][1]
-            if out is not None and torch.is_grad_enabled():
-                self.pending.append((out, path))
+            if torch.is_grad_enabled():
+                if out is not None:
+                    self.pending.append((out, path))
+                if backward:  # a module's forward run again by the autograd engine: activation checkpointing
+                    self.recomputed += flops
         elif backward:
             path = self._nodes.get(torch_compat.current_autograd_node(), "")
         else:
@@ -362,6 +370,7 @@ class _StockCounter(FlopCounterMode):
     def __init__(self) -> None:
         super().__init__(display=False, custom_mapping=formulas())
         self.backward_flops = 0
+        self.recomputed = 0  # not told apart here: FlopCounterMode's module tracker does not say
 
     @property
     def total(self) -> int:

@@ -50,6 +50,8 @@ METHOD_FAKE = "traced:torch-flop-counter(fake tensors)"
 METHOD_REAL = "traced:torch-flop-counter(real step; fake tensors failed: {reason})"
 #: What `fallback` may be.
 FALLBACKS = ("real", None)
+#: What `backward` may be: every gradient `loss.backward()` computes, those the parameters need, none.
+BACKWARDS = ("all", "parameters", "none")
 #: The warning torch gives when a compiled module is called while module hooks are set globally (as
 #: `FlopCounterMode`, the fallback counter, sets them).
 _GLOBAL_HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
@@ -92,7 +94,7 @@ def trainable_fraction(module: torch.nn.Module) -> ParameterCounts:
 
 
 def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
-               fallback: str | None = "real") -> FlopCount:
+               fallback: str | None = "real", backward: str = "all") -> FlopCount:
     """Counts the FLOPs of one training step, `step(*inputs)` and the backward of its loss, without running it.
 
     `step` is called once with `module`'s parameters and buffers replaced by fake tensors and with every tensor
@@ -119,15 +121,23 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
         fallback: what to do where fake tensors cannot run the step: `"real"` runs it once for real with no
             lasting effect (RNG state and buffers restored, no `.grad` written; one extra step's time and
             gradient memory), `None` raises. Defaults to `"real"`.
+        backward: which backward to count. `"all"`: what `loss.backward()` runs, the gradient of every tensor
+            that requires one (the hardware FLOPs); `"parameters"`: only what the trainable parameters' gradients
+            need (`torch.autograd.grad`), leaving out the gradient of an input made to require one, as
+            `enable_input_require_grads` does for checkpointing with frozen embeddings (the model FLOPs);
+            `"none"`: a pass that training runs without gradients (the reference model's forward in DPO, GRPO's
+            scoring of samples), run under `torch.no_grad()`, forward only. Defaults to `"all"`.
 
     Returns:
         A `FlopCount` of one step (`total == executed`: nothing is extrapolated), whose `method` is
         `METHOD_FAKE`, or `METHOD_REAL` with the reason when the step ran for real; `warnings` says what was
-        not counted as in training (a real run, a step without backward).
+        not counted as in training (a real run, a step without backward). Forwards that activation
+        checkpointing runs again in the backward pass are in `total` and, apart, in `recomputed`;
+        `other_gradients` says whether the backward computed gradients the parameters do not need.
 
     Raises:
         InvalidInputError: for a `module` that is not a `torch.nn.Module`, a DDP wrapper or sharded (`sharded`),
-            or an unknown `fallback`.
+            or an unknown `fallback` or `backward`.
         FakeCountError: when fake tensors cannot run the step and `fallback` is `None` (the cause chained).
 
     Example:
@@ -148,6 +158,8 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
             f"module must be a torch.nn.Module (the unwrapped model the step trains), got {type(module).__name__}.")
     if fallback not in FALLBACKS:
         raise InvalidInputError(f"fallback must be one of {FALLBACKS}, got {fallback!r}.")
+    if backward not in BACKWARDS:
+        raise InvalidInputError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
     sharding = sharded(module)
     if sharding is not None:
         raise InvalidInputError(
@@ -156,7 +168,7 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
             "(TransformerConfig.from_hf) or a flops_per_batch attribute, or pass flops= per step.")
     with _no_lasting_effect(module) as (root, state), torch.compiler.set_stance("force_eager"), torch.enable_grad():
         try:
-            counter, notes = _fake_count(root, step, inputs)
+            counter, notes = _fake_count(root, step, inputs, backward)
             method = METHOD_FAKE
         except InternalApiMissing:  # strict mode: a missing torch internal is an error, not a reason to run
             raise
@@ -170,7 +182,7 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
                 ) from err
             logger.info("counting the step with fake tensors failed (%s); running it for real", reason)
             state.restore()  # nothing the fake try left on the module reaches the real step
-            counter, notes = _real_count(root, step, inputs)
+            counter, notes = _real_count(root, step, inputs, backward)
             method = METHOD_REAL.format(reason=type(err).__name__)
             notes.insert(0, f"counted by running the step for real: fake tensors failed ({reason})")
     return _result(counter, method, notes)
@@ -200,7 +212,7 @@ def sharded(module: torch.nn.Module) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- the two counts
-def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
+def _fake_count(root: torch.nn.Module, step, inputs, backward: str) -> tuple[Counter | _StockCounter, _Notes]:
     # Token ids, masks and labels keep their values (small next to the model): a step that branches on them counts.
     largest_index = max((t.numel() for t in _tensors(inputs) if _is_index(t)), default=0)
     mode = torch_compat.fake_tensor_mode(constant_numel=largest_index)
@@ -215,18 +227,20 @@ def _fake_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCo
     fake_inputs = _map_tensors(inputs, lambda t: torch_compat.fake_constant(mode, t) if _is_index(t)
                                else mode.from_tensor(t))
     counter = new_counter(root)
+    trained = [fake for fake in fakes.values() if fake.requires_grad]
     with swap, mode, counter:
-        notes = _forward_backward(step, fake_inputs)
+        notes = _forward_backward(step, fake_inputs, trained, backward)
     return counter, notes
 
 
-def _real_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCounter, list[str]]:
+def _real_count(root: torch.nn.Module, step, inputs, backward: str) -> tuple[Counter | _StockCounter, _Notes]:
     """The step for real under the counter, its backward through `autograd.grad`: no `.grad` is written."""
     buffers = {name: b.detach().clone() for name, b in root.named_buffers()}
     counter = new_counter(root)
     try:
         with counter:
-            notes = _forward_backward(step, inputs, real_leaves=[p for p in root.parameters() if p.requires_grad])
+            trained = [p for p in root.parameters() if p.requires_grad]
+            notes = _forward_backward(step, inputs, trained, backward, real=True)
     finally:
         with torch.no_grad():
             for name, b in root.named_buffers():
@@ -235,19 +249,62 @@ def _real_count(root: torch.nn.Module, step, inputs) -> tuple[Counter | _StockCo
     return counter, notes
 
 
-def _forward_backward(step, inputs, real_leaves=None) -> list[str]:
-    """Runs `step(*inputs)` and the backward of its loss; returns notes on what was not a training step."""
+class _Notes(list):
+    """What was not counted as in training (a list of notes), and whether the backward computed gradients the
+    parameters do not need (`other_gradients`)."""
+
+    other_gradients = False
+
+
+def _forward_backward(step, inputs, trained: list, backward: str, real: bool = False) -> _Notes:
+    """Runs `step(*inputs)` and the backward of its loss that `backward` names (see `count_step`)."""
+    notes = _Notes()
+    if backward == "none":
+        with torch.no_grad():
+            step(*inputs)
+        return notes
     out = step(*inputs)
     loss = _loss(out)
     if loss is None:
-        return ["the step returned no loss and no output that requires a gradient: its forward alone is counted"]
-    if real_leaves is None:  # fake: the gradients land on the fake parameters, as `loss.backward()` would
+        notes.append("the step returned no loss and no output that requires a gradient: its forward alone is counted")
+        return notes
+    leaves = trained + [t for t in _tensors(inputs) if t.requires_grad and t.is_leaf]
+    notes.other_gradients, reentrant = _graph_facts(loss, leaves)
+    if reentrant and backward == "parameters":
+        notes.append("reentrant activation checkpointing computes every input's gradient: counted as it runs")
+    if (real or backward == "parameters") and not reentrant:  # only what these leaves need; no `.grad` written
+        if leaves:
+            torch.autograd.grad(loss, leaves, allow_unused=True)
+    elif real:  # reentrant checkpointing refuses autograd.grad: backward, then the gradients as they were
+        kept = [(p, p.grad) for p in trained]
+        try:
+            loss.backward()
+        finally:
+            for p, grad in kept:
+                p.grad = grad
+    else:  # fake: the gradients land on the fake parameters, as `loss.backward()` would
         loss.backward()
-        return []
-    leaves = real_leaves + [t for t in _tensors(inputs) if t.requires_grad and t.is_leaf]
-    if leaves:
-        torch.autograd.grad(loss, leaves, allow_unused=True)
-    return []
+    return notes
+
+
+def _graph_facts(loss: torch.Tensor, leaves: list) -> tuple[bool, bool]:
+    """Whether `loss.backward()` would compute the gradient of a tensor other than `leaves` (one made to require a
+    gradient inside the step: an embedding output under `enable_input_require_grads`), and whether the graph holds
+    reentrant checkpoints (`CheckpointFunction`, which computes every input's gradient and refuses `autograd.grad`).
+    """
+    wanted = {id(t) for t in leaves}
+    other = reentrant = False
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: the leaf it writes
+        other = other or (variable is not None and id(variable) not in wanted)
+        reentrant = reentrant or type(node).__name__ == "CheckpointFunctionBackward"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return other, reentrant
 
 
 def _loss(out) -> torch.Tensor | None:
@@ -360,7 +417,7 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
-def _result(counter: Counter | _StockCounter, method: str, notes: list[str]) -> FlopCount:
+def _result(counter: Counter | _StockCounter, method: str, notes: _Notes) -> FlopCount:
     total = int(counter.total)
     own = counter.own_flops()
     return FlopCount(
@@ -371,4 +428,6 @@ def _result(counter: Counter | _StockCounter, method: str, notes: list[str]) -> 
         includes_backward=counter.backward_flops > 0,
         breakdown=breakdown_from_leaves(own) if own else {},
         warnings=tuple(notes),
+        recomputed=int(counter.recomputed),
+        other_gradients=notes.other_gradients,
     )

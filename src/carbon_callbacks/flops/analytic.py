@@ -468,3 +468,48 @@ def transformer_flops(
         causal=causal,
         expert_capacity=capacity,
     )
+
+
+def generation_flops(config: TransformerConfig, *, batch: int, new_tokens: int, context: int,
+                     logits_tokens: int | None = None) -> int:
+    """Model FLOPs of one forward pass of generation with a KV cache: `new_tokens` tokens per sequence (the prompt
+    at the first pass, then one per pass) attending to `context` positions (the cache plus themselves).
+
+    Keys and values are projected for the new tokens only (the cache holds the rest); the scores and the weighted
+    sum of values run over `new_tokens x context` pairs, without causal halving (the convention of
+    `transformer_flops`); MoE layers count the router and the `top_k` experts; the logits are for
+    `logits_tokens` positions per sequence (`generate` asks for the last one). Forward only: generation takes
+    no gradient.
+
+    Args:
+        config: a decoder-only model's shape (its `seq_len` and `batch_size` are not used).
+        batch: sequences generated together.
+        new_tokens: tokens per sequence this pass adds to the cache.
+        context: positions each new token attends to, itself included.
+        logits_tokens: positions per sequence whose logits are computed. Defaults to `None`: `new_tokens`.
+
+    Raises:
+        InvalidInputError: for an encoder-decoder config, a count below 1, or a `context` below `new_tokens`.
+
+    Example:
+        >>> cfg = TransformerConfig(num_layers=2, d_model=128, num_heads=4, seq_len=64, batch_size=8,
+        ...                         vocab_size=512, d_ff=512)
+        >>> generation_flops(cfg, batch=1, new_tokens=64, context=64) * 3 * 8 == transformer_flops(cfg).model_flops
+        True
+    """
+    if config.encoder_decoder:
+        raise InvalidInputError("generation_flops counts decoder-only models; this config has decoder layers.")
+    batch, new_tokens, context = (check_count(name, value) for name, value in
+                                  (("batch", batch), ("new_tokens", new_tokens), ("context", context)))
+    logits_tokens = new_tokens if logits_tokens is None else check_count("logits_tokens", logits_tokens)
+    if context < new_tokens:
+        raise InvalidInputError(f"context must be at least new_tokens ({new_tokens}), got {context}.")
+    t = _Tally()
+    d, a, tokens = config.d_model, config.attn_dim, batch * new_tokens
+    for i in range(config.num_layers):
+        t.add("attention", 2 * tokens * d * (a + 2 * config.kv_dim))  # Q, and K, V of the new tokens
+        t.add("attention", 2 * 2 * tokens * context * a)  # scores and the weighted sum of V over the cache
+        t.add("attention", 2 * tokens * a * d)  # output projection
+        _ffn(t, config, tokens, config.is_moe_layer(i), "token_gather", hardware=False)
+    t.add("embeddings_logits", 2 * batch * logits_tokens * d * config.vocab_size)
+    return sum(t.forward.values())

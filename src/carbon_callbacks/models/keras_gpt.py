@@ -29,11 +29,11 @@ class Attention(layers.Layer):
 
     def call(self, x):
         cfg = self.config
-        s = x.shape[1]
+        s = ops.shape(x)[1]  # a tensor where the length varies (TensorFlow's generalized graph)
         qkv = ops.reshape(self.qkv(x), (-1, s, 3, cfg.num_heads, cfg.attn_dim // cfg.num_heads))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.attn_dim // cfg.num_heads)
-        causal = np.tril(np.ones((s, s), dtype=bool))
+        causal = ops.tril(ops.ones((s, s), dtype="bool"))
         weights = ops.softmax(ops.where(causal, scores, -1e9), axis=-1)
         y = ops.einsum("bhqk,bkhd->bqhd", weights, v)
         return self.proj(ops.reshape(y, (-1, s, cfg.attn_dim)))
@@ -144,7 +144,7 @@ class GPT(keras.Model):
         self.head = layers.Dense(cfg.vocab_size, use_bias=False, name="head")
 
     def call(self, tokens):
-        x = self.tok_embed(tokens) + self.pos_embed(ops.arange(tokens.shape[1]))
+        x = self.tok_embed(tokens) + self.pos_embed(ops.arange(ops.shape(tokens)[1]))
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from traces import by_hand, hours_around, plain_csv
 
 from carbon_callbacks import InvalidInputError, read_run
 from carbon_callbacks.flops import transformer_flops
@@ -79,6 +81,18 @@ def test_metrics_sit_in_the_loss_rows_and_co2e_is_energy_times_intensity(tmp_pat
         float(loss_rows[-1]["train_loss"]), rel=1e-6
     )
     assert capsys.readouterr().out.count("carbon-callbacks: 8 steps, status finished") == 1
+
+
+def test_an_hourly_trace_is_integrated_over_each_logged_interval(tmp_path):
+    starts = hours_around(time.time())
+    trace = plain_csv(tmp_path / "grid.csv", starts)
+    callback, run = fit(tmp_path, intensity=str(trace), net_intensity=None)
+    summary, records = read_run(callback.session.run_dir)
+    expected = sum(r["step_energy_kwh"] * by_hand(starts, r["time"] - r["seconds"], r["time"]) for r in records)
+    assert summary["gross_co2e_kg"] == pytest.approx(expected, rel=1e-9) == summary["net_co2e_kg"]
+    last = [r for r in csv_rows(run) if r.get("carbon/co2e_kg")][-1]
+    assert float(last["carbon/co2e_kg"]) == pytest.approx(expected, rel=1e-9)  # the logger's row: the same total
+    assert summary["info"]["intensity_trace"]["gross"]["source"] == "grid.csv"
 
 
 def test_dense_counted_flops_match_the_analytic_count(tmp_path):

@@ -26,6 +26,7 @@ from carbon_callbacks._run.step_flops import (
     token_shape,
 )
 from carbon_callbacks._run.step_output import add_metrics, find_loss
+from carbon_callbacks._site.trace import IntensityTrace
 
 try:
     import jax
@@ -237,8 +238,8 @@ def track(
     train_step: Callable,
     *,
     region: str | None = None,
-    intensity: float | None = None,
-    net_intensity: float | None = None,
+    intensity: float | str | IntensityTrace | None = None,
+    net_intensity: float | str | IntensityTrace | None = None,
     pue: float | None = None,
     chip: str | None = None,
     num_chips: int | None = None,

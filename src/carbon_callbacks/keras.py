@@ -20,6 +20,7 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
 from carbon_callbacks._compat import keras as _keras
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import BatchPass, SequenceProbe, attention_mask, token_shape
+from carbon_callbacks._site.trace import IntensityTrace
 
 #: Steps per logging interval when `log_every_n_steps` is not given. Keras has no logging interval of its own (its
 #: progress bar redraws every batch), so this is Lightning's `Trainer(log_every_n_steps=50)` default,
@@ -72,8 +73,8 @@ class CarbonCallback(keras.callbacks.Callback):
         self,
         *,
         region: str | None = None,
-        intensity: float | None = None,
-        net_intensity: float | None = None,
+        intensity: float | str | IntensityTrace | None = None,
+        net_intensity: float | str | IntensityTrace | None = None,
         pue: float | None = None,
         chip: str | None = None,
         num_chips: int | None = None,

@@ -23,6 +23,7 @@ from carbon_callbacks._run.step_flops import (
     token_layout,
     token_shape,
 )
+from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks.flops import trainable_fraction
 from carbon_callbacks.meters._factory import torch_host
 
@@ -77,8 +78,8 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         self,
         *,
         region: str | None = None,
-        intensity: float | None = None,
-        net_intensity: float | None = None,
+        intensity: float | str | IntensityTrace | None = None,
+        net_intensity: float | str | IntensityTrace | None = None,
         pue: float | None = None,
         chip: str | None = None,
         num_chips: int | None = None,

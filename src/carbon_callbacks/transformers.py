@@ -26,6 +26,7 @@ from carbon_callbacks._run.step_flops import (
     token_layout,
     token_shape,
 )
+from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
 from carbon_callbacks.flops.analytic import generation_flops
@@ -79,8 +80,8 @@ class CarbonCallback(_hf.TrainerCallback):
         self,
         *,
         region: str | None = None,
-        intensity: float | None = None,
-        net_intensity: float | None = None,
+        intensity: float | str | IntensityTrace | None = None,
+        net_intensity: float | str | IntensityTrace | None = None,
         pue: float | None = None,
         chip: str | None = None,
         num_chips: int | None = None,

@@ -251,6 +251,9 @@ def estimate(
     site: Site = resolve_site(
         region=region, intensity=intensity, net_intensity=net_intensity, pue=pue, provider=provider
     )
+    if site.traced:
+        raise InvalidInputError("estimate takes one intensity, not a trace: its value over the run depends on when "
+                                "the run starts (`carbon-callbacks estimate --intensity-trace FILE --start TIME`).")
     sources.update(pue=site.pue_source, gross_kg_per_kwh=site.gross_source, net_kg_per_kwh=site.net_source)
     facility = energy_kwh(run_hours, chips_n, watts_per_chip, site.pue)
     return Estimate(

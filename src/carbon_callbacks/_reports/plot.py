@@ -115,12 +115,7 @@ def plot_runs(
             ax.legend(fontsize="small")
     if scenarios:
         _bars(axes[2], scenarios)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save(fig, path, title, dpi)
 
 
 def _bars(ax, scenarios: Sequence) -> None:
@@ -143,3 +138,75 @@ def _bars(ax, scenarios: Sequence) -> None:
     ax.invert_yaxis()
     ax.set(xlabel=f"{unit} (chip and MoE-twin rows are estimates)", title="what-if (red: this run)")
     ax.legend(fontsize="small")
+
+
+def plot_when(profile: Sequence[tuple[float, float, float]], trace, path: str | os.PathLike, *,
+              start: float | None = None, best=None, title: str | None = None, dpi: int = 120) -> Path:
+    """Draws a run's power and cumulative CO2e above the intensity trace it meets (the "when" lever).
+
+    Args:
+        profile: the run's `(start, end, facility kWh)` intervals (`when.power_profile`).
+        trace: the `IntensityTrace`.
+        path: the image file to write.
+        start: where to place the run (UTC seconds). Defaults to `None`: where it ran.
+        best: a `when.Shift` whose window is shaded. Defaults to `None`.
+        title: the figure's title. Defaults to `None`.
+        dpi: resolution of raster formats. Defaults to `120`.
+
+    Returns:
+        The path written.
+    """
+    import datetime as dt
+
+    from carbon_callbacks._reports.when import interval_co2e, shifted
+    from carbon_callbacks._site.trace import iso_time
+
+    placed = shifted(profile, trace, profile[0][0] if start is None else start)
+    offset = placed.start - profile[0][0]
+    moments = [t + offset for t0, t1, _ in profile for t in (t0, t1)]
+
+    def when(t: float):
+        return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+
+    kw = [kwh / ((t1 - t0) / 3600.0) if t1 > t0 else 0.0 for t0, t1, kwh in profile for _ in (0, 1)]
+    cumulative, co2 = [], 0.0
+    for kg in interval_co2e(profile, trace, offset):
+        cumulative.append(co2)
+        co2 += kg
+        cumulative.append(co2)
+    low = min(moments[0], best.start if best is not None else moments[0]) - trace.resolution_s
+    high = max(moments[-1], (best.start + moments[-1] - moments[0]) if best is not None else moments[-1])
+    high += trace.resolution_s
+    shown = [i for i, t in enumerate(trace.times) if low <= t <= high]
+    Figure = _figure_class()
+    fig = Figure(figsize=(9.0, 6.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot([when(t) for t in moments], kw, color="tab:blue", label="facility power (kW)")
+    top.set(ylabel="facility power, kW", title=f"the run from {iso_time(placed.start)}")
+    scale, unit = _scaled_unit(co2, _CO2E_UNITS)
+    twin = top.twinx()
+    twin.plot([when(t) for t in moments], [c * scale for c in cumulative], color="tab:red",
+              label=f"cumulative CO2e ({unit})")
+    twin.set(ylabel=f"cumulative {unit} (gross)")
+    top.legend(handles=[*top.get_lines(), *twin.get_lines()], fontsize="small", loc="upper left")
+    steps = [when(trace.times[i]) for i in shown] + [when(min(trace.end, high))]
+    values = [trace.kg_per_kwh[i] * 1000 for i in shown]
+    bottom.stairs(values, steps, fill=True, color="0.8", label=f"grid intensity ({trace.source}, {trace.column})")
+    bottom.axvspan(when(moments[0]), when(moments[-1]), color="tab:blue", alpha=0.15, label="the run")
+    if best is not None:
+        bottom.axvspan(when(best.start), when(best.start + moments[-1] - moments[0]), color="tab:green", alpha=0.3,
+                       label=f"{best.label} {best.gross_co2e_kg * scale:.3g} {unit}")
+    bottom.set(ylabel="g CO2e/kWh", xlabel="UTC")
+    bottom.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path, title, dpi)
+
+
+def _save(fig, path: str | os.PathLike, title: str | None, dpi: int) -> Path:
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -7,6 +7,8 @@
   measured system power, else its TDP). An estimate, labelled as such.
 - **mechanization**: another PUE (a number, or a provider's published PUE from the table).
 - **map**: another region's gross and net intensity from the table.
+- **when**: the run's measured power profile moved to another start on an hourly intensity trace (`when.Shift`:
+  its energy-weighted intensity there, net = gross).
 
 Every combination of the values given (each lever also keeps the run's own value) is one `Scenario`; the list is
 sorted by net CO2e, each with its factor against the run.
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 from carbon_callbacks._constants import J_PER_KWH
 from carbon_callbacks._errors import InvalidInputError, check_number, check_pue
 from carbon_callbacks._reports.format import fmt_number, text_table
+from carbon_callbacks._reports.when import Shift
 from carbon_callbacks._site.tables import get_chip, get_pue, get_region
 
 #: dtypes with the same class of tensor-core peak, tried when a chip lacks the run's dtype (V100: fp16, no bf16).
@@ -114,6 +117,7 @@ def whatif(
     pues: Sequence[str | float] = (),
     moe_twin: bool = True,
     mfu: float | None = None,
+    shifts: Sequence[Shift] = (),
 ) -> list[Scenario]:
     """Recomputes a run's footprint for every combination of the given chips, regions and PUEs.
 
@@ -124,6 +128,7 @@ def whatif(
         pues: other PUEs, numbers or provider names from the PUE table. Defaults to `()`.
         moe_twin: add the sparse alternative when the run's `info` carries `moe_twin` FLOPs. Defaults to `True`.
         mfu: the utilization assumed on other chips. Defaults to `None`: the run's own MFU.
+        shifts: the run moved to other starts on a trace (`when.shifted`, `when.best_start`). Defaults to `()`.
 
     Returns:
         Scenarios sorted by net CO2e (the run itself among them, factor 1).
@@ -168,6 +173,11 @@ def whatif(
         region = get_region(name)
         net = region.net_kg_per_kwh if region.net_kg_per_kwh is not None else region.gross_kg_per_kwh
         region_options.append((region.name, region.gross_kg_per_kwh, net, f"region table:regions/{region.name}"))
+
+    for shift in shifts:
+        region_options.append((f"{run_region}, {shift.label}", shift.kg_per_kwh, shift.kg_per_kwh,
+                               f"when: the run's measured power profile moved on the trace {shift.trace}, "
+                               f"energy-weighted {shift.kg_per_kwh:.4g} kg/kWh"))
 
     pue_options: list[tuple[float, str]] = [(pue0, "")]
     for value in pues:

@@ -21,10 +21,11 @@ from carbon_callbacks._site.tables import Chip, get_chip
 from carbon_callbacks.meters._base import COMPONENTS, check_method, join_methods
 
 #: Additive totals reduced across ranks (data-parallel workers), in this order.
-REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), "model_flops", "hardware_flops", "tokens", "padding_tokens",
-                  "generation_flops", "generation_tokens")
-#: The totals that may be unknown (`None`), beside the energy.
-_OPTIONAL = ("model_flops", "hardware_flops", "tokens", "padding_tokens", "generation_flops", "generation_tokens")
+#: The totals that may be unknown (`None`), beside the energy. The CO2e sums are kept only for an intensity that
+#: varies in time (`Site.traced`); otherwise CO2e is energy x intensity.
+_OPTIONAL = ("model_flops", "hardware_flops", "tokens", "padding_tokens", "generation_flops", "generation_tokens",
+             "gross_co2e_kg", "net_co2e_kg", "outside_trace_kwh")
+REDUCED_FIELDS = (*(f"energy_j_{c}" for c in COMPONENTS), *_OPTIONAL)
 #: What `mfu` covers in a run that generated tokens inside its steps.
 MFU_WITH_GENERATION = ("the training passes' model FLOPs over the whole step time, which includes generation; the "
                        "generation's FLOPs (total_generation_flops) are not in it")
@@ -107,6 +108,9 @@ class Accountant:
         self.padding_tokens: float | None = None
         self.generation_flops: float | None = None
         self.generation_tokens: float | None = None
+        self.gross_co2e_kg: float | None = None  # with a trace: each interval's energy x the trace over it
+        self.net_co2e_kg: float | None = None
+        self.outside_trace_kwh: float | None = None  # energy spent outside the trace's span
         self.last_model_flops: float | None = None
         self.last_seconds: float | None = None
         self.status = "running"
@@ -129,6 +133,9 @@ class Accountant:
             "padding_tokens": self.padding_tokens,
             "generation_flops": self.generation_flops,
             "generation_tokens": self.generation_tokens,
+            "gross_co2e_kg": self.gross_co2e_kg,
+            "net_co2e_kg": self.net_co2e_kg,
+            "outside_trace_kwh": self.outside_trace_kwh,
             "started_at": self.started_at,
         }
 
@@ -270,12 +277,20 @@ class Accountant:
 
         it_j = sum(energy.values())
         facility_kwh = self.site.facility_kwh(it_j / J_PER_KWH)
+        ended = time.time()
+        step_co2e = facility_kwh * self.site.gross_kg_per_kwh
+        if self.site.traced:  # the trace over the interval, the energy spent evenly through it
+            gross, net, outside = self.site.intensities_over(ended - seconds, ended)
+            step_co2e = facility_kwh * gross
+            self.gross_co2e_kg = (self.gross_co2e_kg or 0.0) + step_co2e
+            self.net_co2e_kg = (self.net_co2e_kg or 0.0) + facility_kwh * net
+            self.outside_trace_kwh = (self.outside_trace_kwh or 0.0) + facility_kwh * outside
         totals = self.metrics()
         record = {
             "step": self.steps if step is None else int(step),
             "num_steps": num_steps,
             "cum_steps": self.steps,
-            "time": time.time(),
+            "time": ended,
             "seconds": seconds,
             "model_flops": model_flops,
             "hardware_flops": hardware_flops,
@@ -286,7 +301,7 @@ class Accountant:
             **{f"energy_j_{c}": j for c, j in energy.items()},
             "energy_method": "+".join(sorted(set(methods.values()))),
             "step_energy_kwh": facility_kwh,
-            "step_co2e_kg": facility_kwh * self.site.gross_kg_per_kwh,
+            "step_co2e_kg": step_co2e,
             "energy_kwh": totals["carbon/energy_kwh"],
             "co2e_kg": totals["carbon/co2e_kg"],
             "co2e_net_kg": totals["carbon/co2e_net_kg"],
@@ -341,11 +356,8 @@ class Accountant:
         """The `carbon/*` metrics every adapter logs: cumulative energy and CO2e, last step's FLOPs, time, MFU."""
         totals = self._totals()
         facility_kwh = self.site.facility_kwh(sum(totals["energy_j"].values()) / J_PER_KWH)
-        metrics = {
-            "carbon/energy_kwh": facility_kwh,
-            "carbon/co2e_kg": facility_kwh * self.site.gross_kg_per_kwh,
-            "carbon/co2e_net_kg": facility_kwh * self.site.net_kg_per_kwh,
-        }
+        gross, net = self._co2e(totals, facility_kwh)
+        metrics = {"carbon/energy_kwh": facility_kwh, "carbon/co2e_kg": gross, "carbon/co2e_net_kg": net}
         if self.last_model_flops is not None:
             metrics["carbon/flops"] = self.last_model_flops
         if self.last_seconds is not None:
@@ -353,6 +365,32 @@ class Accountant:
         if (mfu := self._mfu(self.last_model_flops, self.last_seconds or 0.0, self._local_chips)) is not None:
             metrics["carbon/mfu"] = mfu
         return metrics
+
+    def _co2e(self, totals: dict, energy_kwh: float) -> tuple[float, float]:
+        """Gross and net CO2e of the totals: summed per interval with a trace, else energy x intensity."""
+        if self.site.traced:
+            return totals["gross_co2e_kg"] or 0.0, totals["net_co2e_kg"] or 0.0
+        return energy_kwh * self.site.gross_kg_per_kwh, energy_kwh * self.site.net_kg_per_kwh
+
+    def _trace_facts(self, totals: dict, energy_kwh: float, gross: float, net: float) -> dict:
+        """What `run.json` says of the traces: each one, the run's energy-weighted intensities, the annual figure
+        they replaced, and the energy spent outside their span (and what stood for them there)."""
+        site = self.site
+        facts = {key: trace.describe() for key, trace in (("gross", site.gross_trace), ("net", site.net_trace))
+                 if trace is not None}
+        facts.update(
+            energy_weighted_gross_kg_per_kwh=gross / energy_kwh if energy_kwh > 0 else None,
+            energy_weighted_net_kg_per_kwh=net / energy_kwh if energy_kwh > 0 else None,
+            annual_kg_per_kwh=site.annual_kg_per_kwh,
+            annual_source=f"regions table: {site.region}" if site.annual_kg_per_kwh is not None else None,
+        )
+        outside = totals["outside_trace_kwh"] or 0.0
+        if outside > 0:
+            trace = site.gross_trace or site.net_trace
+            stand_in = "the region's annual figure" if site.annual_kg_per_kwh is not None else "the trace's average"
+            facts["outside_kwh"] = outside
+            facts["outside_used"] = f"{stand_in}, {site.outside_kg_per_kwh(trace):.4g} kg CO2e/kWh"
+        return facts
 
     def summary(self) -> dict:
         """The `run.json` content: totals, the site, the chip, and how every number was obtained."""
@@ -366,6 +404,11 @@ class Accountant:
             mfu = model_flops / self.seconds_with_model_flops / (self.num_chips * self.peak_flops)
         seconds = self.seconds
         embodied = embodied_co2e(self.chip, self.num_chips, seconds / 3600.0, self.lifetime_years)
+        gross, net = self._co2e(totals, energy_kwh)
+        traced = self.site.traced
+        info = dict(self.info)
+        if traced:
+            info["intensity_trace"] = self._trace_facts(totals, energy_kwh, gross, net)
         return {
             "schema_version": SCHEMA_VERSION,
             "status": self.status,
@@ -379,10 +422,10 @@ class Accountant:
             "energy_method": "+".join(sorted(set(self.methods.values()))) or None,
             "energy_methods": dict(sorted(self.methods.items())),
             "pue": self.site.pue,
-            "gross_kg_per_kwh": self.site.gross_kg_per_kwh,
-            "net_kg_per_kwh": self.site.net_kg_per_kwh,
-            "gross_co2e_kg": energy_kwh * self.site.gross_kg_per_kwh,
-            "net_co2e_kg": energy_kwh * self.site.net_kg_per_kwh,
+            "gross_kg_per_kwh": gross / energy_kwh if traced and energy_kwh > 0 else self.site.gross_kg_per_kwh,
+            "net_kg_per_kwh": net / energy_kwh if traced and energy_kwh > 0 else self.site.net_kg_per_kwh,
+            "gross_co2e_kg": gross,
+            "net_co2e_kg": net,
             "region": self.site.region,
             "chip": self.chip.name if self.chip is not None else None,
             "num_chips": self.num_chips,
@@ -414,7 +457,7 @@ class Accountant:
                 "peak_flops_per_chip": self.peak_source,
                 "embodied_co2e_kg": embodied.source,
             },
-            "info": dict(self.info),
+            "info": info,
         }
 
     def close(self, status: str = "finished") -> dict:

@@ -21,6 +21,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from carbon_callbacks._run.interval import OpenInterval
 from carbon_callbacks._run.step_flops import BatchPass, StepFlops, StepFlopsSource
 from carbon_callbacks._site.site import resolve_site
 from carbon_callbacks._site.tables import Chip, get_chip
+from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks._warnings import strict, warn_once
 from carbon_callbacks.meters._checked import CheckedMeter
 
@@ -113,8 +115,11 @@ class RunSession:
 
     Args:
         region: a name from the regions table. Defaults to `None`.
-        intensity: gross grid intensity, kg CO2e/kWh. Defaults to `None`. One of `region`/`intensity` is required.
-        net_intensity: net intensity, kg CO2e/kWh. Defaults to `None` (the region's, else the gross one).
+        intensity: gross grid intensity, kg CO2e/kWh, or one varying in time: a trace CSV's path (an Electricity
+            Maps export or `timestamp,kg_per_kwh`), a pandas Series, a `read_trace(...)` (see `resolve_site`).
+            Defaults to `None`. One of `region`/`intensity` is required.
+        net_intensity: net intensity, kg CO2e/kWh, or a trace. Defaults to `None` (the region's, else the gross
+            one).
         pue: power usage effectiveness. Defaults to `None` (the provider's, else the industry average, labelled).
         chip: the accelerator, a name from the chips table (for MFU and modeled power). Defaults to `None`.
         num_chips: chips in the whole run. Defaults to `None`: the adapter's count, else one per rank.
@@ -144,8 +149,8 @@ class RunSession:
         self,
         *,
         region: str | None = None,
-        intensity: float | None = None,
-        net_intensity: float | None = None,
+        intensity: float | str | IntensityTrace | None = None,
+        net_intensity: float | str | IntensityTrace | None = None,
         pue: float | None = None,
         chip: str | None = None,
         num_chips: int | None = None,
@@ -160,6 +165,8 @@ class RunSession:
         continue_runs: bool = False,
     ) -> None:
         self._site = resolve_site(region=region, intensity=intensity, net_intensity=net_intensity, pue=pue)
+        if self._site.traced:
+            self._site.check_start(time.time())
         self._chip: Chip | None = get_chip(chip) if chip is not None else None
         self._num_chips = check_count("num_chips", num_chips) if num_chips is not None else None
         self._output_dir = Path(output_dir) if output_dir is not None else None
@@ -252,8 +259,8 @@ class RunSession:
         site, summary = self._site, self.summary() or {}
         params = {
             "carbon/region": site.region or "none (intensity given)",
-            "carbon/gross_kg_per_kwh": site.gross_kg_per_kwh,
-            "carbon/net_kg_per_kwh": site.net_kg_per_kwh,
+            "carbon/gross_kg_per_kwh": site.gross_kg_per_kwh if site.gross_trace is None else site.gross_source,
+            "carbon/net_kg_per_kwh": site.net_source if site.net_varies else site.net_kg_per_kwh,
             "carbon/pue": site.pue,
             "carbon/chip": self._chip.name if self._chip is not None else "none",
             "carbon/num_chips": summary.get("num_chips"),
@@ -590,6 +597,11 @@ class RunSession:
             self._held_back(failure, "closing an interval")
             return None
         self._refresh_metrics()
+        traces = (self._site.gross_trace, self._site.net_trace)
+        if self._accountant.outside_trace_kwh and any(t is not None and t.outside == "error" for t in traces):
+            self.warn("trace-outside", "carbon-callbacks: the run went past its intensity trace's span; the "
+                      "region's annual figure (else the trace's average) stands in there, in run.json's "
+                      "info.intensity_trace.outside_kwh.")
         self._keep(record)
         return self.metrics
 

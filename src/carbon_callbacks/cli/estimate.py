@@ -12,6 +12,8 @@ import json
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._paper.estimate import estimate
 from carbon_callbacks._reports.format import fmt_number, text_table
+from carbon_callbacks._reports.when import shifted
+from carbon_callbacks._site.trace import IntensityTrace, parse_time
 from carbon_callbacks.cli._site_args import add_site_arguments, site_kwargs
 
 
@@ -55,6 +57,8 @@ def register(subparsers) -> None:
              "and Google's TPU life-cycle assessment)",
     )
     add_site_arguments(parser)
+    parser.add_argument("--start", metavar="TIME",
+                        help="with --intensity-trace: when the run starts (ISO 8601 UTC, 2026-06-01T02:00Z)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     parser.set_defaults(func=run)
 
@@ -69,15 +73,8 @@ def _hf_config(args):
     return TransformerConfig.from_hf(values, **workload)
 
 
-def run(args) -> int:
-    if args.model and args.hf_config:
-        raise InvalidInputError("--model and --hf-config both name the architecture; give one.")
-    model = args.model
-    seq_len, decoder_seq_len = args.seq_len, args.decoder_seq_len
-    if args.hf_config:
-        model = _hf_config(args)
-        seq_len = decoder_seq_len = None  # already applied by from_hf
-    result = estimate(
+def _estimate(args, model, seq_len, decoder_seq_len, site: dict):
+    return estimate(
         chips=args.chips,
         days=args.days,
         hours=args.hours,
@@ -93,8 +90,32 @@ def run(args) -> int:
         mfu=args.mfu,
         dtype=args.dtype,
         lifetime_years=args.lifetime_years,
-        **site_kwargs(args),
+        **site,
     )
+
+
+def run(args) -> int:
+    if args.model and args.hf_config:
+        raise InvalidInputError("--model and --hf-config both name the architecture; give one.")
+    model = args.model
+    seq_len, decoder_seq_len = args.seq_len, args.decoder_seq_len
+    if args.hf_config:
+        model = _hf_config(args)
+        seq_len = decoder_seq_len = None  # already applied by from_hf
+    site = site_kwargs(args)
+    trace = site["intensity"] if isinstance(site["intensity"], IntensityTrace) else None
+    if (trace is None) != (args.start is None):
+        raise InvalidInputError("--intensity-trace and --start go together: the trace's intensity over the run "
+                                "depends on when it starts.")
+    hours = None
+    if trace is not None:  # the run's hours first, then the trace over them (power even through the run)
+        hours = _estimate(args, model, seq_len, decoder_seq_len, {**site, "intensity": trace.mean()}).hours
+        start = parse_time(args.start, "--start")
+        site["intensity"] = shifted([(start, start + hours * 3600.0, 1.0)], trace, start).kg_per_kwh
+    result = _estimate(args, model, seq_len, decoder_seq_len, site)
+    if trace is not None:
+        result.sources["gross_kg_per_kwh"] = (f"trace {trace.source} ({trace.column}) from {args.start} over the "
+                                              f"run's {hours:.4g} h, power even through it")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

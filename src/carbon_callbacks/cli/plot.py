@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from carbon_callbacks._reports.plot import plot_runs
+from carbon_callbacks._errors import InvalidInputError
+from carbon_callbacks._reports.plot import plot_runs, plot_when
 from carbon_callbacks.cli.whatif import add_lever_arguments, run_summary, scenarios_from_args
 
 
@@ -14,7 +15,9 @@ def register(subparsers) -> None:
         help="plot loss vs cumulative CO2e and energy (needs the `plot` extra: matplotlib)",
         description=(
             "Draws each run's loss against its cumulative gross CO2e and facility energy; with --chip/--region/"
-            "--pue also the what-if bars of the first run."
+            "--pue also the what-if bars of the first run. With --intensity-trace it draws instead the first run's "
+            "power and cumulative CO2e above the trace, placed at --start (else where it ran), the best window of "
+            "--best-start-within shaded."
         ),
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
@@ -26,13 +29,35 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    scenarios = None
-    if args.chip or args.region or args.pue:
-        scenarios = scenarios_from_args(run_summary(args.run_dirs[0]), args)
     try:
-        path = plot_runs(args.run_dirs, args.output, labels=args.label, scenarios=scenarios, title=args.title)
+        path = _when(args) if args.intensity_trace else _runs(args)
     except ImportError as err:  # the `plot` extra is missing: the message has the pip command
         print(f"carbon-callbacks plot: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0
+
+
+def _runs(args):
+    scenarios = None
+    if args.chip or args.region or args.pue:
+        scenarios = scenarios_from_args(run_summary(args.run_dirs[0]), args, args.run_dirs[0])
+    return plot_runs(args.run_dirs, args.output, labels=args.label, scenarios=scenarios, title=args.title)
+
+
+def _when(args):
+    from carbon_callbacks._record.reader import read_run
+    from carbon_callbacks._reports.when import best_start, parse_duration, power_profile
+    from carbon_callbacks._site.trace import parse_time
+    from carbon_callbacks.cli._site_args import trace_from_args
+
+    if len(args.run_dirs) != 1:
+        raise InvalidInputError("plot --intensity-trace draws one run: give one RUN_DIR.")
+    trace = trace_from_args(args)
+    profile = power_profile(read_run(args.run_dirs[0])[1])
+    start = parse_time(args.start, "--start") if args.start else None
+    best = None
+    if args.best_start_within:
+        earliest = start if start is not None else profile[0][0]
+        best = best_start(profile, trace, earliest, parse_duration(args.best_start_within))
+    return plot_when(profile, trace, args.output, start=start, best=best, title=args.title)

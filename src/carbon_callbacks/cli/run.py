@@ -16,6 +16,7 @@ import argparse
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
@@ -80,6 +81,8 @@ def run(args) -> int:
     if not command:
         raise InvalidInputError("COMMAND is missing: usage `carbon-callbacks run --intensity 0.4 -- python train.py`.")
     site = resolve_site(**site_kwargs(args))
+    if site.traced:
+        site.check_start(time.time())
     host = from_launcher()
     folder = _run_folder(args, host)
     if not host.leader:  # another task meters this host

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._record.reader import read_summary
+from carbon_callbacks._record.reader import read_run, read_summary
 from carbon_callbacks._record.schema import strict_json
 from carbon_callbacks._reports.whatif import format_whatif, whatif
+from carbon_callbacks._reports.when import best_start, parse_duration, power_profile, shifted
+from carbon_callbacks._site.trace import parse_time
+from carbon_callbacks.cli._site_args import add_trace_arguments, trace_from_args
 
 
 def run_summary(run_dir: str) -> dict:
@@ -36,17 +39,24 @@ def add_lever_arguments(parser) -> None:
         "--mfu", type=float, help="utilization assumed on other chips (default: the run's own MFU)"
     )
     parser.add_argument("--no-moe-twin", action="store_true", help="leave out the MoE twin's sparse alternative")
+    when = parser.add_argument_group("when (the run's measured power profile moved on an intensity trace)")
+    add_trace_arguments(when)
+    when.add_argument("--start", metavar="TIME", help="move the run to start here (ISO 8601 UTC: 2026-06-01T02:00Z)")
+    when.add_argument("--best-start-within", metavar="DURATION",
+                      help="find the start with the least CO2e within this long (48h, 2d) after --start, else "
+                           "after the run's own start")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "whatif",
-        help="recompute a run's footprint on other chips, regions, PUEs, and as its MoE twin",
+        help="recompute a run's footprint on other chips, regions, PUEs, starts, and as its MoE twin",
         description=(
             "Every combination of the values given (each lever also keeps the run's own) as one row, sorted by "
             "net CO2e, with the factor against the run. Chip and MoE-twin rows are estimates: energy scales by "
             "achieved FLOP/s per watt (the other chip's dense peak x the run's MFU, at its measured system power, "
-            "else TDP)."
+            "else TDP). With --intensity-trace, --start and --best-start-within move the run's measured power "
+            "profile (its step log) to other starts on the trace."
         ),
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
@@ -55,7 +65,26 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def scenarios_from_args(summary: dict, args):
+def shifts_from_args(args, run_dir: str) -> list:
+    """The run in `run_dir` moved by `--start` and `--best-start-within` on `--intensity-trace` (`when`), or
+    `[]`."""
+    trace = trace_from_args(args)
+    if trace is None:
+        if args.start or args.best_start_within:
+            raise InvalidInputError("--start and --best-start-within need --intensity-trace FILE.")
+        return []
+    if not (args.start or args.best_start_within):
+        raise InvalidInputError("--intensity-trace needs --start TIME or --best-start-within DURATION.")
+    profile = power_profile(read_run(run_dir)[1])
+    start = parse_time(args.start, "--start") if args.start else None
+    shifts = [shifted(profile, trace, start)] if start is not None else []
+    if args.best_start_within:
+        earliest = start if start is not None else profile[0][0]
+        shifts.append(best_start(profile, trace, earliest, parse_duration(args.best_start_within)))
+    return shifts
+
+
+def scenarios_from_args(summary: dict, args, run_dir: str):
     return whatif(
         summary,
         chips=args.chip,
@@ -63,12 +92,13 @@ def scenarios_from_args(summary: dict, args):
         pues=args.pue,
         moe_twin=not args.no_moe_twin,
         mfu=args.mfu,
+        shifts=shifts_from_args(args, run_dir),
     )
 
 
 def run(args) -> int:
     summary = run_summary(args.run_dir)
-    scenarios = scenarios_from_args(summary, args)
+    scenarios = scenarios_from_args(summary, args, args.run_dir)
     if args.json:
         print(strict_json([s.to_dict() for s in scenarios], indent=2))
         return 0

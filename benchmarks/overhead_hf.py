@@ -56,8 +56,8 @@ class StepTimer(transformers.TrainerCallback):
 
 
 class TimedCarbonCallback(CarbonCallback):
-    """`CarbonCallback` whose per-step work (the forward pre-hook, `on_step_end`, `on_log`) adds its run time to
-    `hook_s`, one entry per step (a load-independent figure)."""
+    """`CarbonCallback` whose per-step work (the forward pre-hook, `on_step_begin`, `on_substep_end`,
+    `on_step_end`, `on_log`) adds its run time to `hook_s`, one entry per step (a load-independent figure)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -70,8 +70,14 @@ class TimedCarbonCallback(CarbonCallback):
         finally:
             self.hook_s[-1] += time.perf_counter() - start
 
-    def _see_batch(self, *args):
-        return self._timed(super()._see_batch, *args)
+    def _see_forward(self, *args):
+        return self._timed(super()._see_forward, *args)
+
+    def on_step_begin(self, *args, **kwargs):
+        return self._timed(super().on_step_begin, *args, **kwargs)
+
+    def on_substep_end(self, *args, **kwargs):
+        return self._timed(super().on_substep_end, *args, **kwargs)
 
     def on_step_end(self, *args, **kwargs):
         self._timed(super().on_step_end, *args, **kwargs)

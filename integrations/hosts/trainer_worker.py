@@ -1,6 +1,6 @@
-"""One process of a Hugging Face `Trainer` job on simulated hosts, started by `torchrun --nnodes 2 --nproc_per_node
-2` from test_hosts.py: `trainer_worker.py OUT_DIR`. Its host comes from `CARBON_CALLBACKS_HOST`, that host's RAPL
-tree from `CARBON_CALLBACKS_POWERCAP`."""
+"""One process of a Hugging Face `Trainer` job on simulated hosts, started by test_hosts.py with the environment
+`torchrun --nnodes 2 --nproc_per_node 2` gives its workers: `trainer_worker.py OUT_DIR`. Its host comes from
+`CARBON_CALLBACKS_HOST`, that host's RAPL tree from `CARBON_CALLBACKS_POWERCAP`."""
 
 from __future__ import annotations
 

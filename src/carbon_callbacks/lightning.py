@@ -18,7 +18,7 @@ from carbon_callbacks._run.step_flops import (
     SequenceProbe,
     array_leaves,
     batch_key,
-    labelled_tokens,
+    labels_read,
     sequence_lengths,
     token_layout,
     token_shape,
@@ -150,25 +150,27 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         session = self.session
         if not session.running:
             return
-        lengths = sequence_lengths(batch)  # real tokens per sequence, where the batch has a mask or is packed
+        layout = token_layout(batch)  # where the real tokens are: a mask, packed sequences, or not said
+        lengths = sequence_lengths(batch, layout)
         flops = session.count(  # once per batch shape; after the step, which it does not change
             batch_key(batch),
             lambda: _count_step(pl_module, batch, batch_idx),
             lambda: token_shape(array_leaves(batch)),
             trace_model=lambda: _count_step(pl_module, batch, batch_idx, "parameters"),
-            probe=None if lengths is None else SequenceProbe(
-                batch, token_layout(batch), lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
+            probe=None if layout is None else SequenceProbe(
+                batch, layout, lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
         )
         # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
         # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
-        stepped, self._global_step = trainer.global_step != self._global_step, trainer.global_step
-        close = stepped and trainer.global_step % session.interval == 0
+        global_step = trainer.global_step
+        stepped, self._global_step = global_step != self._global_step, global_step
+        close = stepped and global_step % session.interval == 0
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         keep_loss = close and isinstance(loss, torch.Tensor) and loss.numel() == 1  # read when the interval closes
         metrics = session.step_end(
-            batches=[BatchPass(flops, lengths, labelled=labelled_tokens(batch) if lengths is not None else None)],
+            batches=[BatchPass(flops, lengths, labelled=labels_read(flops, batch))],
             loss=loss.detach() if keep_loss else None,
-            step=trainer.global_step - 1,
+            step=global_step - 1,
             close=close,
         )
         if metrics is not None:

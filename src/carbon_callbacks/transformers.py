@@ -21,7 +21,7 @@ from carbon_callbacks._run.step_flops import (
     SequenceProbe,
     array_leaves,
     batch_key,
-    labelled_tokens,
+    labels_read,
     sequence_lengths,
     token_layout,
     token_shape,
@@ -110,8 +110,8 @@ class CarbonCallback(_hf.TrainerCallback):
         self._forwards: list[tuple] = []  # (trains, module, args, kwargs) of the training forwards not yet counted
         self._passes: list[BatchPass] = []  # the optimizer step's passes, counted
         self._generated: list = [None, 0.0]  # FLOPs and tokens generated in the step
-        self._parts: Counter = Counter()  # what the step ran, by kind of pass (`run.json` info.step_contents)
-        self._step_contents = ""
+        self._parts: list[str] = []  # what the step ran, pass by pass (`run.json` info.step_contents)
+        self._step_parts: list[str] = []  # the last step's, as stated
         self._params_logged = False
         self._handler = None  # the Trainer's CallbackHandler, for the last row on a signal
         self._hook_args: tuple = ()  # the (args, state, control) of the run
@@ -159,7 +159,7 @@ class CarbonCallback(_hf.TrainerCallback):
         trainer = _hf.calling_trainer()
         self._model, self._device = model, args.device
         self._forwards, self._passes, self._params_logged, self._in_step = [], [], False, False
-        self._parts, self._step_contents = Counter(), ""
+        self._parts, self._step_parts = [], []
         self._hook_forwards(model, _hf.reference_model(trainer, model))
         why = sharded(model) or ("DeepSpeed or FSDP shard the step" if args.deepspeed or args.fsdp else None)
         multi = args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -236,7 +236,7 @@ class CarbonCallback(_hf.TrainerCallback):
             self.session.warn("generation-flops", "carbon-callbacks: tokens generated inside the steps are "
                               "counted, their FLOPs are not: the analytic count does not know this model's config.")
         self._generated[1] += batch
-        self._parts["generation forward (KV cache, no gradients)"] += 1
+        self._parts.append("generation forward (KV cache, no gradients)")
 
     @guarded
     def on_step_begin(self, args, state, control, **kwargs) -> None:
@@ -312,23 +312,21 @@ class CarbonCallback(_hf.TrainerCallback):
     def _count_pass(self, trains: bool, module, args, kwargs) -> BatchPass:
         """One pass of `module` on `(args, kwargs)`: its figures (a lookup after its shape's first count) and the
         real tokens of its sequences (an attention mask's row sums, read when the interval closes)."""
-        self._parts[self._part(trains, module)] += 1
+        self._parts.append(self._part(trains, module))
         inputs = (args, kwargs)
-        lengths = sequence_lengths(kwargs)
-        shape = token_shape(array_leaves(inputs))
-        backward = "all" if trains else "none"
         layout = token_layout(kwargs)
+        lengths = sequence_lengths(kwargs, layout)
         probe = None if layout is None else SequenceProbe(
             inputs, layout, lambda cut: self._count_step(module, cut, "parameters" if trains else "none"))
         figures = self.session.count(
             (id(module), batch_key(inputs)),
-            lambda: self._count_step(module, inputs, backward),
-            lambda: shape,
+            lambda: self._count_step(module, inputs, "all" if trains else "none"),
+            lambda: token_shape(array_leaves(inputs)),
             trace_model=(lambda: self._count_step(module, inputs, "parameters")) if trains else None,
             probe=probe,
             trains=trains,
         )
-        return BatchPass(figures, lengths, labelled=labelled_tokens(kwargs) if lengths is not None else None)
+        return BatchPass(figures, lengths, labelled=labels_read(figures, kwargs))
 
     def _part(self, trains: bool, module) -> str:
         if trains:
@@ -340,11 +338,10 @@ class CarbonCallback(_hf.TrainerCallback):
 
     def _describe_step(self) -> None:
         """States in `run.json` (info.step_contents) what an optimizer step ran, when that changes."""
-        parts, self._parts = self._parts, Counter()
-        contents = "; ".join(f"{count} x {part}" for part, count in parts.items())
-        if contents and contents != self._step_contents:
-            self._step_contents = contents
-            self.session.annotate(step_contents=contents)
+        parts, self._parts = self._parts, []
+        if parts and parts != self._step_parts:  # a list compare per step; the text only when it changes
+            self._step_parts = parts
+            self.session.annotate(step_contents="; ".join(f"{n} x {part}" for part, n in Counter(parts).items()))
 
     def _count_step(self, module, inputs, backward: str):
         self._counting = True

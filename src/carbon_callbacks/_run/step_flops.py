@@ -79,17 +79,24 @@ class BatchPass(NamedTuple):
     labelled: Any = None
 
 
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)  # the ABC check only for other mappings (per step)
+
+
 def batch_key(batch: Any, depth: int = 0) -> tuple:
     """A hashable description of a batch's array shapes and dtypes (FLOPs are counted once per key).
 
-    Any array with `shape` and `dtype` (torch, NumPy, JAX) is a leaf; mappings, lists and tuples are walked.
+    Any array with `shape` and `dtype` (torch, NumPy, JAX) is a leaf, its shape a tuple (torch's `Size` is one) and
+    its dtype as the framework gives it; mappings, lists and tuples are walked.
     """
-    shape, dtype = getattr(batch, "shape", None), getattr(batch, "dtype", None)
-    if shape is not None and dtype is not None:
-        return (tuple(shape), str(dtype))
+    shape = getattr(batch, "shape", None)
+    if shape is not None:
+        dtype = getattr(batch, "dtype", None)
+        if dtype is not None:
+            return (shape if isinstance(shape, tuple) else tuple(shape), dtype)
     if depth > 6:
         return ()
-    if isinstance(batch, Mapping):
+    if _is_mapping(batch):
         return tuple((k, batch_key(v, depth + 1)) for k, v in batch.items())
     if isinstance(batch, (list, tuple)):
         return tuple(batch_key(v, depth + 1) for v in batch)
@@ -125,7 +132,7 @@ def attention_mask(batch: Any) -> Any:
     Its sum is the batch's tokens without padding; it is summed on its device, read when an interval closes.
     """
     for candidate in (batch, *(batch if isinstance(batch, (list, tuple)) else ())):
-        if isinstance(candidate, Mapping):
+        if _is_mapping(candidate):
             for key in MASK_KEYS:
                 mask = candidate.get(key)
                 if mask is not None and len(getattr(mask, "shape", ())) == 2:
@@ -168,10 +175,12 @@ def token_layout(batch: Any) -> Any:
     return PackedSequences(positions) if len(getattr(positions, "shape", ())) == 2 else None
 
 
-def sequence_lengths(batch: Any) -> Any:
+def sequence_lengths(batch: Any, layout: Any = False) -> Any:
     """The real tokens of each sequence of a batch (its mask's row sums, on its device: torch, NumPy, JAX; the
-    sequences of a packed batch), or `None` when the batch says nothing of them (`token_layout`)."""
-    layout = token_layout(batch)
+    sequences of a packed batch), or `None` when the batch says nothing of them; `layout` when the caller has its
+    `token_layout` already."""
+    if layout is False:
+        layout = token_layout(batch)
     if isinstance(layout, PackedSequences) or layout is None:
         return layout
     return layout.sum(1) if callable(getattr(layout, "sum", None)) else None
@@ -220,6 +229,14 @@ def labelled_tokens(batch: Any) -> Any:
     return (labels != IGNORED_LABEL).sum(1)
 
 
+def labels_read(figures: StepFlops | None, batch: Any) -> Any:
+    """`labelled_tokens(batch)` where the pass's model FLOPs depend on them (a per-sequence polynomial with a
+    labelled term: a fused LM head), else `None`: no device work on the other steps."""
+    if figures is None or figures.per_sequence is None or not figures.per_sequence[3]:
+        return None
+    return labelled_tokens(batch)
+
+
 class SequenceProbe:
     """The batch's longest sequence alone, from its first real token, cut to a few lengths (and with a few labels
     skipped, where the batch carries labels) and counted: the points of the model FLOPs of one sequence
@@ -236,7 +253,8 @@ class SequenceProbe:
 
     def __init__(self, batch: Any, mask: Any, count: Callable[[Any], Any]) -> None:
         self._batch, self._mask, self._count = batch, mask, count
-        self.labelled = labelled_tokens(batch) is not None
+        labels = _find_key(batch, LABELS_KEY)
+        self.labelled = len(getattr(labels, "shape", ())) == 2 and callable(getattr(labels, "sum", None))
         self._where: tuple[int, int, int] | None = None  # (row, first real token, real tokens)
         self._labels: list | None = None  # the row's labels, from its first real token
 
@@ -290,7 +308,7 @@ def _skip_labels(labels: Any, skipped: int) -> Any:
 
 def _find_key(batch: Any, key: str, depth: int = 0) -> Any:
     """The value under `key` in `batch`, a mapping or a list/tuple holding one, or `None`."""
-    if isinstance(batch, Mapping):
+    if _is_mapping(batch):
         return batch.get(key)
     if isinstance(batch, (list, tuple)) and depth < 2:
         return next((v for v in (_find_key(b, key, depth + 1) for b in batch) if v is not None), None)

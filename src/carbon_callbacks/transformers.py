@@ -206,9 +206,9 @@ class CarbonCallback(_hf.TrainerCallback):
         if torch.is_grad_enabled():
             if module.training:
                 self._forwards.append((True, module, args, kwargs))
-        elif _hf.generation_call(kwargs) is not None:
+        elif (past := _hf.generation_call(kwargs)) is not None:
             if module is self._generator:
-                self._see_generation(module, args, kwargs)
+                self._count_generation(args, kwargs, past)
         else:
             self._passes.append(self._count_pass(False, module, args, kwargs))
 
@@ -216,8 +216,11 @@ class CarbonCallback(_hf.TrainerCallback):
         """Forward pre-hook of `generate`'s forwards (no gradients, a KV cache): their FLOPs from the model config,
         at the shapes they run, and one new token per sequence each."""
         past = _hf.generation_call(kwargs)
-        if past is None or torch.is_grad_enabled() or self._counting or not self._in_step:
-            return
+        if past is not None and not torch.is_grad_enabled() and not self._counting and self._in_step:
+            self._count_generation(args, kwargs, past)
+
+    def _count_generation(self, args, kwargs, past: int) -> None:
+        """One forward of `generate`, `past` positions in its cache: its FLOPs and its tokens."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")

@@ -6,7 +6,7 @@ import sys
 
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._reports.plot import plot_runs, plot_when
-from carbon_callbacks.cli.whatif import add_lever_arguments, run_summary, scenarios_from_args
+from carbon_callbacks.cli.whatif import add_lever_arguments, run_summary, scenarios_from_args, when_from_args
 
 
 def register(subparsers) -> None:
@@ -46,18 +46,7 @@ def _runs(args):
 
 
 def _when(args):
-    from carbon_callbacks._record.reader import read_run
-    from carbon_callbacks._reports.when import best_start, parse_duration, power_profile
-    from carbon_callbacks._site.trace import parse_time
-    from carbon_callbacks.cli._site_args import trace_from_args
-
     if len(args.run_dirs) != 1:
         raise InvalidInputError("plot --intensity-trace draws one run: give one RUN_DIR.")
-    trace = trace_from_args(args)
-    profile = power_profile(read_run(args.run_dirs[0])[1])
-    start = parse_time(args.start, "--start") if args.start else None
-    best = None
-    if args.best_start_within:
-        earliest = start if start is not None else profile[0][0]
-        best = best_start(profile, trace, earliest, parse_duration(args.best_start_within))
+    trace, profile, start, best = when_from_args(args, args.run_dirs[0])
     return plot_when(profile, trace, args.output, start=start, best=best, title=args.title)

@@ -65,23 +65,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def shifts_from_args(args, run_dir: str) -> list:
-    """The run in `run_dir` moved by `--start` and `--best-start-within` on `--intensity-trace` (`when`), or
-    `[]`."""
+def when_from_args(args, run_dir: str):
+    """`(trace, power profile, --start or None, best start or None)` of the run in `run_dir` on `--intensity-trace`
+    (`when`), or `None` without a trace; shared by `whatif` and `plot`."""
     trace = trace_from_args(args)
     if trace is None:
         if args.start or args.best_start_within:
             raise InvalidInputError("--start and --best-start-within need --intensity-trace FILE.")
-        return []
-    if not (args.start or args.best_start_within):
-        raise InvalidInputError("--intensity-trace needs --start TIME or --best-start-within DURATION.")
+        return None
     profile = power_profile(read_run(run_dir)[1])
     start = parse_time(args.start, "--start") if args.start else None
-    shifts = [shifted(profile, trace, start)] if start is not None else []
+    best = None
     if args.best_start_within:
         earliest = start if start is not None else profile[0][0]
-        shifts.append(best_start(profile, trace, earliest, parse_duration(args.best_start_within)))
-    return shifts
+        best = best_start(profile, trace, earliest, parse_duration(args.best_start_within))
+    return trace, profile, start, best
+
+
+def shifts_from_args(args, run_dir: str) -> list:
+    """The run in `run_dir` moved by `--start` and `--best-start-within` on `--intensity-trace`, or `[]`."""
+    if args.intensity_trace and not (args.start or args.best_start_within):
+        raise InvalidInputError("--intensity-trace needs --start TIME or --best-start-within DURATION.")
+    when = when_from_args(args, run_dir)
+    if when is None:
+        return []
+    trace, profile, start, best = when
+    return [shift for shift in (shifted(profile, trace, start) if start is not None else None, best) if shift]
 
 
 def scenarios_from_args(summary: dict, args, run_dir: str):

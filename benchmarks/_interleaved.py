@@ -3,6 +3,7 @@ interleaved runs whose medians they compare."""
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,39 @@ def configs_with_codecarbon() -> tuple[list[str], str | None]:
 
 def interleaved(run: Callable[[str, int, Path], dict], configs: list[str], steps: int, repeats: int) -> dict:
     """`run(config, steps, folder)` for every config in turn, `repeats` rounds, after a 20-step baseline warm-up
-    (imports, allocator); the results per config, in order."""
+    (imports, allocator); the results per config, in order. Each round starts one config later than the one before,
+    so no config always runs in the same place of a round."""
     results: dict[str, list[dict]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         run("baseline", 20, Path(tmp) / "warmup")
         for repeat in range(repeats):
-            for config in configs:
+            shift = repeat % len(configs)
+            for config in configs[shift:] + configs[:shift]:
                 results[config].append(run(config, steps, Path(tmp) / f"{config}-{repeat}"))
     return results
+
+
+#: What `hook_figures` and a tracked run's timings give, in s: per step, and the fixed cost's parts.
+HOOK_KEYS = ("hook_median", "hook_p99", "hook_mean", "start", "first_hook", "end")
+
+
+def hook_figures(per_step: list[float]) -> dict[str, float]:
+    """Median, 99th percentile and mean of our per-step hook times (s)."""
+    ordered = sorted(per_step)
+    return {"hook_median": statistics.median(ordered), "hook_p99": ordered[min(int(0.99 * len(ordered)),
+                                                                              len(ordered) - 1)],
+            "hook_mean": statistics.fmean(ordered)}
+
+
+def print_hooks(figures: dict[str, float], baseline_step: float, closes: str, floor: float) -> None:
+    """Our hooks alone, timed inside the run: per step (median, p99, mean; beside `floor`, the median the same
+    timers read around empty hooks) and the fixed cost, broken down."""
+    fixed = figures["start"] + figures["first_hook"] + figures["end"]
+    print(f"carbon-callbacks hooks alone, timed inside the run: per step median {figures['hook_median'] * 1e6:.1f} "
+          f"us (the timers around empty hooks read {floor * 1e6:.1f} us: ours less that, "
+          f"{(figures['hook_median'] - floor) * 1e6:.1f} us), p99 {figures['hook_p99'] * 1e6:.1f} us, "
+          f"mean {figures['hook_mean'] * 1e6:.1f} us "
+          f"({100 * figures['hook_mean'] / baseline_step:.3f}% of the baseline median step; the mean and p99 include "
+          f"{closes})")
+    print(f"fixed cost {fixed * 1e3:.1f} ms: start {figures['start'] * 1e3:.1f} ms, first step (the FLOP count) "
+          f"{figures['first_hook'] * 1e3:.1f} ms, end {figures['end'] * 1e3:.1f} ms (files, report, loggers)")

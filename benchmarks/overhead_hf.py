@@ -27,6 +27,7 @@ import contextlib
 import io
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +37,7 @@ import transformers
 
 from carbon_callbacks.transformers import CarbonCallback
 
-from _interleaved import configs_with_codecarbon, interleaved
+from _interleaved import HOOK_KEYS, configs_with_codecarbon, hook_figures, interleaved, print_hooks
 
 #: The GPT-2 and its batches: a few ms per training step on one core of a 2020s x86 CPU.
 LAYERS, D_MODEL, HEADS, VOCAB, BATCH, LENGTH = 2, 64, 4, 256, 8, 32
@@ -55,13 +56,25 @@ class StepTimer(transformers.TrainerCallback):
         return [b - a for a, b in zip(self.starts[warmup:], self.starts[warmup + 1:])]
 
 
-class TimedCarbonCallback(CarbonCallback):
-    """`CarbonCallback` whose per-step work (the forward pre-hook, `on_step_begin`, `on_substep_end`,
-    `on_step_end`, `on_log`) adds its run time to `hook_s`, one entry per step (a load-independent figure)."""
+class _Timed:
+    """Hooks whose per-step work (`on_step_begin`, `on_substep_end`, `on_step_end`, `on_log`) adds its run time to
+    `hook_s`, one entry per step (a load-independent figure), and whose `on_train_begin` and `on_train_end` time
+    themselves into `start_s` and `end_s`."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.hook_s: list[float] = [0.0]
+        self.start_s = self.end_s = 0.0
+
+    def on_train_begin(self, *args, **kwargs):
+        start = time.perf_counter()
+        super().on_train_begin(*args, **kwargs)
+        self.start_s = time.perf_counter() - start
+
+    def on_train_end(self, *args, **kwargs):
+        start = time.perf_counter()
+        super().on_train_end(*args, **kwargs)
+        self.end_s = time.perf_counter() - start
 
     def _timed(self, method, *args, **kwargs):
         start = time.perf_counter()
@@ -69,9 +82,6 @@ class TimedCarbonCallback(CarbonCallback):
             return method(*args, **kwargs)
         finally:
             self.hook_s[-1] += time.perf_counter() - start
-
-    def _see_forward(self, *args):
-        return self._timed(super()._see_forward, *args)
 
     def on_step_begin(self, *args, **kwargs):
         return self._timed(super().on_step_begin, *args, **kwargs)
@@ -85,6 +95,17 @@ class TimedCarbonCallback(CarbonCallback):
 
     def on_log(self, *args, **kwargs):
         return self._timed(super().on_log, *args, **kwargs)
+
+
+class TimedCarbonCallback(_Timed, CarbonCallback):
+    """`CarbonCallback`, its hooks and its forward pre-hook timed."""
+
+    def _see_forward(self, *args):
+        return self._timed(super()._see_forward, *args)
+
+
+class TimedFloor(_Timed, transformers.TrainerCallback):
+    """The same timers around the Trainer's empty hooks: what the timing itself reads in a run (the floor)."""
 
 
 def codecarbon_callback(country: str, root: Path):
@@ -115,6 +136,9 @@ def run_once(config: str, steps: int, root: Path, country: str, intensity: float
         callbacks.append(ours)
     elif config == "codecarbon":
         callbacks.append(codecarbon_callback(country, root))
+    elif config == "floor":
+        ours = TimedFloor()
+        callbacks.append(ours)
     args = transformers.TrainingArguments(
         output_dir=str(root), max_steps=steps, per_device_train_batch_size=BATCH, logging_steps=logging_steps,
         report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0,
@@ -127,8 +151,8 @@ def run_once(config: str, steps: int, root: Path, country: str, intensity: float
     times = timer.step_times(warmup=10)
     result = {"median": statistics.median(times), "mean": statistics.fmean(times), "wall": wall}
     if ours is not None:  # the first step holds the one-off FLOP count; the rest is the per-step cost
-        hooks = ours.hook_s[1:-1]
-        result.update(first_hook=ours.hook_s[0], hook=statistics.fmean(hooks), hook_median=statistics.median(hooks))
+        result.update(hook_figures(ours.hook_s[1:-1]), first_hook=ours.hook_s[0], start=ours.start_s,
+                      end=ours.hook_s[-1] + ours.end_s)  # the run ends at the closing log row
     return result
 
 
@@ -162,12 +186,10 @@ def main() -> None:
         row = [med(config, key) for key in ("median", "mean", "wall")]
         print(f"{config:18} {row[0] * 1e3:15.3f} {row[0] / base['median']:8.4f} {row[1] * 1e3:13.3f} "
               f"{row[1] / base['mean']:8.4f} {row[2]:13.2f} {row[2] / base['wall']:8.4f}")
-    hook, first, hook_median = (med("carbon-callbacks", k) for k in ("hook", "first_hook", "hook_median"))
-    print(f"carbon-callbacks hooks alone, timed inside train(): once {first * 1e3:.1f} ms (first step: the FLOP "
-          f"count on fake tensors); then mean {hook * 1e6:.1f} us per step = {100 * hook / base['median']:.3f}% of the "
-          f"baseline median step (median {hook_median * 1e6:.1f} us; the mean includes the interval closes: meter "
-          f"read and the carbon/* keys of every log row)")
-
+    floor = [run_once("floor", args.steps, Path(tmp), args.country, args.intensity, args.logging_steps)["hook_median"]
+             for tmp in [tempfile.mkdtemp() for _ in range(3)]]
+    print_hooks({key: med("carbon-callbacks", key) for key in HOOK_KEYS}, base["median"],
+                "the interval closes: meter read and the carbon/* keys of every log row", statistics.median(floor))
 
 if __name__ == "__main__":
     main()

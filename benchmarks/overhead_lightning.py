@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from carbon_callbacks.lightning import CarbonCallback
 
-from _interleaved import configs_with_codecarbon, interleaved
+from _interleaved import HOOK_KEYS, configs_with_codecarbon, hook_figures, interleaved, print_hooks
 
 #: Widths of the MLP and the batch: about 10 ms per training step on one core of a 2020s x86 CPU.
 D_IN, D_HIDDEN, BATCH = 256, 512, 128
@@ -70,12 +71,19 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
-class TimedCarbonCallback(CarbonCallback):
-    """`CarbonCallback` whose per-batch hooks add their own run time to `hook_s` (a load-independent figure)."""
+class _Timed:
+    """Hooks that time themselves (load-independent figures): the per-batch ones into `hook_s`, one entry per step,
+    `on_train_start` and `on_train_end` into `start_s` and `end_s`."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.hook_s: list[float] = []
+        self.start_s = self.end_s = 0.0
+
+    def on_train_start(self, *args) -> None:
+        start = time.perf_counter()
+        super().on_train_start(*args)
+        self.start_s = time.perf_counter() - start
 
     def on_train_batch_start(self, *args) -> None:
         start = time.perf_counter()
@@ -87,6 +95,19 @@ class TimedCarbonCallback(CarbonCallback):
         super().on_train_batch_end(*args)
         self.hook_s[-1] += time.perf_counter() - start
 
+    def on_train_end(self, *args) -> None:
+        start = time.perf_counter()
+        super().on_train_end(*args)
+        self.end_s = time.perf_counter() - start
+
+
+class TimedCarbonCallback(_Timed, CarbonCallback):
+    """`CarbonCallback`, its hooks timed."""
+
+
+class TimedFloor(_Timed, pl.Callback):
+    """The same timers around Lightning's empty hooks: what the timing itself reads in a fit (the floor)."""
+
 
 def run_once(config: str, steps: int, root: Path, country: str, intensity: float) -> dict:
     torch.manual_seed(0)
@@ -97,6 +118,9 @@ def run_once(config: str, steps: int, root: Path, country: str, intensity: float
     ours = None
     if config == "carbon-callbacks":
         ours = TimedCarbonCallback(intensity=intensity, output_dir=root / "carbon")
+        callbacks.append(ours)
+    elif config == "floor":
+        ours = TimedFloor()
         callbacks.append(ours)
     trainer = pl.Trainer(
         default_root_dir=root,
@@ -127,8 +151,7 @@ def run_once(config: str, steps: int, root: Path, country: str, intensity: float
     times = timer.step_times(warmup=10)
     result = {"median": statistics.median(times), "mean": statistics.fmean(times), "wall": wall}
     if ours is not None:  # the first step holds the one-off FLOP count; the rest is the per-step cost
-        result.update(first_hook=ours.hook_s[0], hook=statistics.fmean(ours.hook_s[1:]),
-                      hook_median=statistics.median(ours.hook_s[1:]))
+        result.update(hook_figures(ours.hook_s[1:]), first_hook=ours.hook_s[0], start=ours.start_s, end=ours.end_s)
     return result
 
 
@@ -161,11 +184,11 @@ def main() -> None:
         row = [med(config, key) for key in ("median", "mean", "wall")]
         print(f"{config:18} {row[0] * 1e3:15.3f} {row[0] / base['median']:8.4f} {row[1] * 1e3:13.3f} "
               f"{row[1] / base['mean']:8.4f} {row[2]:11.2f} {row[2] / base['wall']:8.4f}")
-    hook, first, hook_median = (med("carbon-callbacks", k) for k in ("hook", "first_hook", "hook_median"))
-    print(f"carbon-callbacks hooks alone, timed inside fit: once {first * 1e3:.1f} ms (first step: the FLOP count); "
-          f"then mean {hook * 1e6:.1f} us per step = {100 * hook / base['median']:.3f}% of the baseline median step "
-          f"(median {hook_median * 1e6:.1f} us; the mean includes the interval closes: meter read and "
-          "pl_module.log of 6 metrics every log_every_n_steps)")
+    floor = [run_once("floor", args.steps, Path(tmp), args.country, args.intensity)["hook_median"]
+             for tmp in [tempfile.mkdtemp() for _ in range(3)]]
+    print_hooks({key: med("carbon-callbacks", key) for key in HOOK_KEYS}, base["median"],
+                "the interval closes: meter read and pl_module.log_dict of the carbon/* metrics",
+                statistics.median(floor))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ HOSTS = (("host-a", 40.0, 10.0), ("host-b", 24.0, 6.0))
 
 def host_env(tmp_path, name: str) -> dict:
     return {**os.environ, "CARBON_CALLBACKS_HOST": name, "CARBON_CALLBACKS_POWERCAP": str(tmp_path / name),
-            "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
+            "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
 
 
 def start(argv, env) -> subprocess.Popen:
@@ -35,16 +37,25 @@ def start(argv, env) -> subprocess.Popen:
 
 
 def wait(procs, timeout: float = 480.0) -> list[str]:
-    """Each process's output once all have ended; past `timeout` all are killed and the test fails with what each
-    printed (a hung job says where it hung)."""
+    """Each process's output once all have ended; past `timeout` (for all together) those still running are
+    stopped with SIGABRT, which makes Python's faulthandler print every thread's stack, and the test fails with
+    what each printed (a hung job says where it hung)."""
+    deadline = time.monotonic() + timeout
     outputs, expired = [], False
     for proc in procs:
         try:
-            outputs.append(proc.communicate(timeout=None if expired else timeout)[0])
+            outputs.append(proc.communicate(timeout=30.0 if expired else max(deadline - time.monotonic(), 0.1))[0])
+            continue
         except subprocess.TimeoutExpired:
-            expired = True
-            for other in procs:
-                other.kill()
+            if not expired:
+                expired = True
+                for other in procs:
+                    if other.poll() is None:
+                        other.send_signal(signal.SIGABRT)
+        try:
+            outputs.append(proc.communicate(timeout=30.0)[0])
+        except subprocess.TimeoutExpired:
+            proc.kill()
             outputs.append(proc.communicate()[0])
     tails = "\n".join(f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}" for i, (p, out) in
                       enumerate(zip(procs, outputs)))

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from carbon_callbacks._compat import lightning as _lightning
+from carbon_callbacks._run.batch_plan import BatchReader
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import (
+    NOT_COUNTED,
     BatchPass,
     SequenceProbe,
     array_leaves,
-    batch_key,
     labels_read,
     sequence_lengths,
-    token_layout,
     token_shape,
 )
 from carbon_callbacks._site.trace import IntensityTrace
@@ -30,7 +30,7 @@ from carbon_callbacks.meters._factory import torch_host
 _NAMESPACES = _lightning.installed_namespaces()
 import torch  # noqa: E402  (after the check that Lightning, and so torch, is installed)
 
-from carbon_callbacks._compat import torch as _torch  # noqa: E402, F401  (refuses a torch older than it needs)
+from carbon_callbacks._compat import torch as _torch  # noqa: E402  (also refuses a torch older than it needs)
 
 __all__ = ["CarbonCallback"]
 
@@ -103,6 +103,8 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         self.prog_bar = bool(prog_bar)
         self._trainer = None
         self._global_step = 0
+        self._batches = BatchReader()
+        self._known_passes: dict[tuple, list[BatchPass]] = {}  # by batch key: the passes that need only its shapes
         self._logged: dict[str, float] = {}
         self._params_logged = False
 
@@ -116,7 +118,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     def on_train_start(self, trainer, pl_module) -> None:
         self._trainer = trainer
         self._global_step = trainer.global_step
-        self._logged, self._params_logged = {}, False
+        self._logged, self._params_logged, self._known_passes = {}, False, {}
         root = trainer.strategy.root_device
         sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
@@ -150,31 +152,44 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         session = self.session
         if not session.running:
             return
-        layout = token_layout(batch)  # where the real tokens are: a mask, packed sequences, or not said
-        lengths = sequence_lengths(batch, layout)
-        flops = session.count(  # once per batch shape; after the step, which it does not change
-            batch_key(batch),
-            lambda: _count_step(pl_module, batch, batch_idx),
-            lambda: token_shape(array_leaves(batch)),
-            trace_model=lambda: _count_step(pl_module, batch, batch_idx, "parameters"),
-            probe=None if layout is None else SequenceProbe(
-                batch, layout, lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
-        )
+        key, layout = self._batches.read(batch)  # layout: where the real tokens are (a mask, packed sequences)
+        passes = self._known_passes.get(key)
+        if passes is None:
+            passes = self._batch_passes(pl_module, batch, batch_idx, key, layout)
         # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
         # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
         global_step = trainer.global_step
         stepped, self._global_step = global_step != self._global_step, global_step
-        close = stepped and global_step % session.interval == 0
+        if not (stepped and global_step % session.interval == 0):
+            session.add_step(passes, global_step - 1)
+            return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        keep_loss = close and isinstance(loss, torch.Tensor) and loss.numel() == 1  # read when the interval closes
-        metrics = session.step_end(
-            batches=[BatchPass(flops, lengths, labelled=labels_read(flops, batch))],
-            loss=loss.detach() if keep_loss else None,
-            step=global_step - 1,
-            close=close,
-        )
+        keep_loss = isinstance(loss, torch.Tensor) and loss.numel() == 1  # read as the interval closes
+        metrics = session.step_end(batches=passes, loss=loss.detach() if keep_loss else None, step=global_step - 1,
+                                   close=True)
         if metrics is not None:
             self._log(trainer, pl_module, metrics)
+
+    def _batch_passes(self, pl_module, batch, batch_idx, key, layout) -> list[BatchPass]:
+        """The step's pass: its figures (counted once per batch shape, after the step, which counting does not
+        change) and the real tokens of its sequences. Kept for the next batches of this shape when they need
+        nothing else of the batch (no mask, no labels the count depends on)."""
+        session = self.session
+        flops = session.counted(key)
+        if flops is NOT_COUNTED:
+            flops = session.count(
+                key,
+                lambda: _count_step(pl_module, batch, batch_idx),
+                lambda: token_shape(array_leaves(batch)),
+                trace_model=lambda: _count_step(pl_module, batch, batch_idx, "parameters"),
+                probe=None if layout is None else SequenceProbe(
+                    batch, layout, lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
+            )
+        labelled = labels_read(flops, batch)
+        passes = [BatchPass(flops, sequence_lengths(batch, layout), labelled=labelled)]
+        if layout is None and labelled is None:
+            self._known_passes[key] = passes
+        return passes
 
     @guarded
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -255,8 +270,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     def _reduce_sum(self, values):
         """Sums the ranks' totals with the strategy's own collective (every rank must call this)."""
         strategy = self._trainer.strategy
-        tensor = torch.tensor(list(values), dtype=torch.float64, device=strategy.root_device)
-        return strategy.reduce(tensor, reduce_op="sum").tolist()
+        return _torch.sum_over_ranks(values, strategy.root_device, lambda t: strategy.reduce(t, reduce_op="sum"))
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:

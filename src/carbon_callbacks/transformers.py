@@ -13,17 +13,19 @@ from pathlib import Path
 import torch
 
 from carbon_callbacks._compat import transformers as _hf
+from carbon_callbacks._compat.torch import sum_over_ranks
 from carbon_callbacks._record.reader import read_state
 from carbon_callbacks._record.store import write_state
+from carbon_callbacks._run.batch_plan import BatchReader
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
 from carbon_callbacks._run.step_flops import (
+    NOT_COUNTED,
     BatchPass,
     SequenceProbe,
     array_leaves,
     batch_key,
     labels_read,
     sequence_lengths,
-    token_layout,
     token_shape,
 )
 from carbon_callbacks._site.trace import IntensityTrace
@@ -38,6 +40,11 @@ __all__ = ["CarbonCallback"]
 RUN_SUBDIR = "carbon"
 #: The file each checkpoint folder gets with the run's totals and folder, read back on resume.
 STATE_FILE = "carbon_callbacks.json"
+#: What a step ran, pass by pass, as `run.json`'s info.step_contents states it.
+_TRAINING = "training pass (forward and backward) of the trained model"
+_SCORING = "forward-only pass of the trained model (no gradients: a reference with its adapters off, or scoring)"
+_REFERENCE = "forward-only pass of the reference model"
+_GENERATION = "generation forward (KV cache, no gradients)"
 
 
 class CarbonCallback(_hf.TrainerCallback):
@@ -111,6 +118,8 @@ class CarbonCallback(_hf.TrainerCallback):
         self._passes: list[BatchPass] = []  # the optimizer step's passes, counted
         self._generated: list = [None, 0.0]  # FLOPs and tokens generated in the step
         self._parts: list[str] = []  # what the step ran, pass by pass (`run.json` info.step_contents)
+        self._batches = BatchReader()
+        self._known_passes: dict[tuple, BatchPass] = {}  # by batch key: the passes that need only its shapes
         self._step_parts: list[str] = []  # the last step's, as stated
         self._params_logged = False
         self._handler = None  # the Trainer's CallbackHandler, for the last row on a signal
@@ -159,7 +168,7 @@ class CarbonCallback(_hf.TrainerCallback):
         trainer = _hf.calling_trainer()
         self._model, self._device = model, args.device
         self._forwards, self._passes, self._params_logged, self._in_step = [], [], False, False
-        self._parts, self._step_parts = [], []
+        self._parts, self._step_parts, self._known_passes = [], [], {}
         self._hook_forwards(model, _hf.reference_model(trainer, model))
         why = sharded(model) or ("DeepSpeed or FSDP shard the step" if args.deepspeed or args.fsdp else None)
         multi = args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -239,11 +248,10 @@ class CarbonCallback(_hf.TrainerCallback):
             self.session.warn("generation-flops", "carbon-callbacks: tokens generated inside the steps are "
                               "counted, their FLOPs are not: the analytic count does not know this model's config.")
         self._generated[1] += batch
-        self._parts.append("generation forward (KV cache, no gradients)")
+        self._parts.append(_GENERATION)
 
-    @guarded
     def on_step_begin(self, args, state, control, **kwargs) -> None:
-        self._in_step = True
+        self._in_step = True  # an assignment: nothing to guard
 
     @guarded
     def on_substep_end(self, args, state, control, **kwargs) -> None:
@@ -260,14 +268,14 @@ class CarbonCallback(_hf.TrainerCallback):
                               "in a step; its FLOPs and tokens are not counted.")
         passes, self._passes = self._passes, []
         flops, tokens = self._generated
-        self._generated = [None, 0.0]
         self._describe_step()
-        self.session.step_end(
-            batches=passes,
-            generation=(flops, tokens) if tokens else None,
-            step=state.global_step,
-            close=bool(self._every) and state.global_step % self._every == 0,
-        )
+        close = bool(self._every) and state.global_step % self._every == 0
+        if not (tokens or close):
+            self.session.add_step(passes, state.global_step)
+            return
+        self._generated = [None, 0.0]
+        self.session.step_end(batches=passes, generation=(flops, tokens) if tokens else None, step=state.global_step,
+                              close=close)
 
     @guarded
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
@@ -315,29 +323,29 @@ class CarbonCallback(_hf.TrainerCallback):
     def _count_pass(self, trains: bool, module, args, kwargs) -> BatchPass:
         """One pass of `module` on `(args, kwargs)`: its figures (a lookup after its shape's first count) and the
         real tokens of its sequences (an attention mask's row sums, read when the interval closes)."""
-        self._parts.append(self._part(trains, module))
-        inputs = (args, kwargs)
-        layout = token_layout(kwargs)
-        lengths = sequence_lengths(kwargs, layout)
-        probe = None if layout is None else SequenceProbe(
-            inputs, layout, lambda cut: self._count_step(module, cut, "parameters" if trains else "none"))
-        figures = self.session.count(
-            (id(module), batch_key(inputs)),
-            lambda: self._count_step(module, inputs, "all" if trains else "none"),
-            lambda: token_shape(array_leaves(inputs)),
-            trace_model=(lambda: self._count_step(module, inputs, "parameters")) if trains else None,
-            probe=probe,
-            trains=trains,
-        )
-        return BatchPass(figures, lengths, labelled=labels_read(figures, kwargs))
-
-    def _part(self, trains: bool, module) -> str:
-        if trains:
-            return "training pass (forward and backward) of the trained model"
-        if module is self._model:
-            return ("forward-only pass of the trained model (no gradients: a reference with its adapters off, or "
-                    "scoring)")
-        return "forward-only pass of the reference model"
+        self._parts.append(_TRAINING if trains else _SCORING if module is self._model else _REFERENCE)
+        kwargs_key, layout = self._batches.read(kwargs)
+        key = (id(module), batch_key(args) if args else (), kwargs_key, trains)
+        known = self._known_passes.get(key)
+        if known is not None:
+            return known
+        figures = self.session.counted(key, trains=trains)
+        if figures is NOT_COUNTED:
+            inputs = (args, kwargs)
+            figures = self.session.count(
+                key,
+                lambda: self._count_step(module, inputs, "all" if trains else "none"),
+                lambda: token_shape(array_leaves(inputs)),
+                trace_model=(lambda: self._count_step(module, inputs, "parameters")) if trains else None,
+                probe=None if layout is None else SequenceProbe(
+                    inputs, layout, lambda cut: self._count_step(module, cut, "parameters" if trains else "none")),
+                trains=trains,
+            )
+        labelled = labels_read(figures, kwargs)
+        batch_pass = BatchPass(figures, sequence_lengths(kwargs, layout), labelled=labelled)
+        if layout is None and labelled is None:  # the next passes of this shape need nothing else of the batch
+            self._known_passes[key] = batch_pass
+        return batch_pass
 
     def _describe_step(self) -> None:
         """States in `run.json` (info.step_contents) what an optimizer step ran, when that changes."""
@@ -392,6 +400,4 @@ class CarbonCallback(_hf.TrainerCallback):
 
     def _reduce_sum(self, values) -> list[float]:
         """Sums the processes' totals with torch.distributed's all-reduce, as accelerate does (every rank calls)."""
-        tensor = torch.tensor(list(values), dtype=torch.float64, device=self._device)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
+        return sum_over_ranks(values, self._device)

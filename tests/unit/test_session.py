@@ -73,6 +73,31 @@ def test_the_adapter_decides_the_logging_steps(tmp_path):
     assert closed == [False, True, False, False, True, False]
 
 
+def test_quiet_steps_count_as_steps_do(tmp_path):
+    """`add_step` (the per-step path) and `step_end` give the same record, row number and carbon/flops."""
+    from carbon_callbacks._run.step_flops import BatchPass
+
+    records = []
+    for quiet in (False, True):
+        session = make(tmp_path / str(quiet))
+        session.start()
+        for step in range(5):
+            passes = [BatchPass(flops(model=1e9 * (step + 1)))]
+            if quiet:
+                session.add_step(passes, step)
+            else:
+                session.step_end(batches=passes, step=step, close=False)
+        metrics = session.step_end(num_steps=0, loss=1.5, step=4, close=True)  # a log row closes the interval
+        assert metrics["carbon/flops"] == 5e9
+        session.add_step([BatchPass(flops(model=7e9))], 5)
+        assert session.metrics["carbon/flops"] == 7e9
+        records.append(session.finish()["steps"])
+    assert records[0] == records[1] == 6
+    rows = [read_run(tmp_path / str(quiet))[1] for quiet in (False, True)]
+    assert [(r["step"], r["num_steps"], r["model_flops"]) for r in rows[0]] == [(4, 5, 15e9), (5, 1, 7e9)]
+    assert [(r["step"], r["num_steps"], r["model_flops"]) for r in rows[1]] == [(4, 5, 15e9), (5, 1, 7e9)]
+
+
 def test_flop_sources_in_order_given_attribute_analytic_trace(tmp_path):
     trace_calls = []
 

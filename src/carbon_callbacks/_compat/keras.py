@@ -110,14 +110,10 @@ def processes() -> Processes:
 
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from carbon_callbacks._compat.torch import sum_over_ranks
+
             device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-            def reduce_sum(values):
-                tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
-                dist.all_reduce(tensor)
-                return tensor.tolist()
-
-            return Processes(dist.get_world_size(), dist.get_rank(), reduce_sum,
+            return Processes(dist.get_world_size(), dist.get_rank(), lambda values: sum_over_ranks(values, device),
                              from_launcher(dist.get_rank(), dist.get_world_size()))
     elif backend == "tensorflow":
         workers = (json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}).get("worker") or []

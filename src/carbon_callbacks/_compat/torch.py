@@ -9,6 +9,7 @@ by the callers.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -42,6 +43,44 @@ def current_graph_task_id() -> int:
                 "backward FLOPs outside module backward hooks are not told apart from forward ones.")
         return -1
     return _graph_task_id()
+
+
+#: Longest wait for a collective's worker thread to let go of the tensor it summed, in s (microseconds under gloo).
+LET_GO_S = 1.0
+
+
+def sum_over_ranks(values, device, reduce=None) -> list[float]:
+    """`values` summed over the job's ranks by `reduce` (a function summing a float64 tensor in place and returning
+    it, as `strategy.reduce` does; defaults to `torch.distributed.all_reduce`). Every rank must call it.
+
+    On CPU (gloo) it returns only once the collective's worker thread has let go of the tensor, read with
+    `Tensor._use_count` (checked on torch 2.13.0): a worker that drops the last C++ reference to a tensor Python
+    holds must take the GIL to release it, and a main thread that meanwhile destroys the process group (the end of
+    a script: `destroy_process_group`, DDP's reducer freed) joins that worker holding the GIL, so the process never
+    exits. The run's last sum is often a job's last collective, a few ms before that teardown.
+
+    Fallback when missing: no wait (the teardown's race stays torch's).
+    """
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if reduce is None:
+        torch.distributed.all_reduce(tensor)
+        summed = tensor.tolist()
+    else:
+        summed = reduce(tensor).tolist()
+    if tensor.device.type == "cpu":
+        _let_go(tensor)
+    return summed
+
+
+def _let_go(tensor: torch.Tensor) -> None:
+    use_count = getattr(tensor, "_use_count", None)
+    if use_count is None:
+        missing("torch", "Tensor._use_count", CHECKED,
+                "a process that destroys its gloo process group right after the run's last sum may hang there.")
+        return
+    deadline = time.monotonic() + LET_GO_S
+    while use_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.0001)  # the GIL released, for the worker to take
 
 
 _autograd_node = getattr(torch._C, "_current_autograd_node", None)

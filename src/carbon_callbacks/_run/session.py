@@ -234,6 +234,13 @@ class RunSession:
         interval; `carbon/step_time_s` and `carbon/mfu` that interval's; `carbon/flops` the last step's model
         FLOPs. After `finish`, the run's final totals (equal to `run.json`).
         """
+        last = self._open.last_step()
+        if last is not None and "carbon/flops" in self._metrics:  # the last step's, worked out when read
+            batches, num_steps = last
+            known = [p.figures.model_flops * p.scale for p in batches
+                     if p.figures is not None and p.figures.model_flops is not None]
+            if known:
+                self._metrics["carbon/flops"] = sum(known) / num_steps
         return dict(self._metrics)
 
     @property
@@ -499,6 +506,11 @@ class RunSession:
     def _finish_on(self, signum: int | None) -> None:
         self.finish(status_at_exit(signum))
 
+    def counted(self, batch_key: Hashable, *, trains: bool = True):
+        """What `count` gave for this batch key already, for one replica (a lookup: the per-step path), or
+        `NOT_COUNTED`: `count` is called only then."""
+        return self._flops.counted(batch_key, trains)
+
     def count(
         self,
         batch_key: Hashable,
@@ -565,14 +577,20 @@ class RunSession:
         if batches is None:
             batches = () if flops is None and real_tokens is None else (BatchPass(flops, real_tokens),)
         self._open.add(batches, generation, loss, step, outputs, num_steps)
-        if "carbon/flops" in self._metrics:
-            known = [p.figures.model_flops * p.scale for p in batches
-                     if p.figures is not None and p.figures.model_flops is not None]
-            if known:
-                self._metrics["carbon/flops"] = sum(known) / num_steps
         if not (self._open.steps >= self._interval if close is None else close):
             return None
         return self.close_interval(epoch=epoch)
+
+    def add_step(self, batches: Sequence[BatchPass], step: int | None = None) -> None:
+        """Records one training step that closes no interval and brings nothing but its passes: the per-step path
+        of the adapters whose framework says which steps log (`step_end` with `close=False`, in fewer steps). It is
+        one list append, which a signal cannot split, so it needs no bookkeeping guard.
+
+        Args:
+            batches: the step's passes (see `step_end`).
+            step: the step number the framework's logger uses. Defaults to `None`.
+        """
+        self._open.quiet.append((batches, step))
 
     @_bookkeeping
     def close_interval(self, *, epoch: int | None = None) -> dict[str, float] | None:

@@ -356,6 +356,10 @@ def find_model_config(*candidates: Any):
     return None
 
 
+#: What `StepFlopsSource.counted` returns for a batch not counted yet (a failed count is `None`).
+NOT_COUNTED = object()
+
+
 class StepFlopsSource:
     """Decides where a run's FLOPs come from and counts each batch shape once.
 
@@ -440,6 +444,10 @@ class StepFlopsSource:
             return False
         return True
 
+    def counted(self, key: Hashable, trains: bool = True) -> StepFlops | None | object:
+        """The figures `for_batch` gave for `key` already (a lookup, for the per-step path), or `NOT_COUNTED`."""
+        return self._cache.get((key, trains), NOT_COUNTED)
+
     def for_batch(
         self,
         key: Hashable,
@@ -466,10 +474,9 @@ class StepFlopsSource:
             trains: `False` for a pass that runs forward only (see `StepFlops.trains`). Defaults to `True`.
         """
         cache_key = (key, trains)
-        try:
-            return self._cache[cache_key]
-        except KeyError:
-            pass
+        known = self._cache.get(cache_key, NOT_COUNTED)
+        if known is not NOT_COUNTED:
+            return known
         self._cache[cache_key] = None  # a failed count is not retried every step
         shape = tokens()
         n_tokens = float(shape[0] * shape[1]) if shape is not None else None

@@ -23,31 +23,25 @@ class OpenInterval:
 
     def __init__(self) -> None:
         self._meter = None
-        self.quiet: list[tuple[Sequence[BatchPass], int | None]] = []
-        self._quiet_at_passes = 0
-        self._added: tuple[Sequence[BatchPass], int] | None = None
         self._last: tuple[Sequence[BatchPass], int] | None = None
+        self.entries: list[tuple[Sequence[BatchPass], int, int | None]] = []
         self.reset()
 
     def reset(self) -> None:
         """Forgets the steps (the interval was recorded); the meter's window stays open."""
         self._last = self.last_step()  # for carbon/flops until the next step
-        self._steps = 0
-        #: `(passes, step)` of each step that brought nothing else (`RunSession.add_step`): one append per step.
-        self.quiet = []
-        # len(quiet) at the last `add`, and at the last `add` with passes: the entries after them are later steps.
-        self._quiet_at_add = self._quiet_at_passes = 0
-        self._batches: list[BatchPass] = []
-        self._added = None
+        #: `(passes, steps they cover, logger step)` of each call, in order. `RunSession.add_step` appends
+        #: `(passes, 1, step)` here itself: one append per step, which a signal cannot split.
+        self.entries = []
+        self._extra_steps = 0  # steps beyond one per entry (`add` with `num_steps` other than 1)
         self._generation: list[tuple[float | None, float]] = []
         self._loss: Any = None
-        self._step: int | None = None
         self.outputs: Any = None
         self._measured: Measurement | None = None
 
     @property
     def steps(self) -> int:
-        return self._steps + len(self.quiet)
+        return len(self.entries) + self._extra_steps
 
     def begin(self, meter) -> None:
         """Starts measuring with `meter` (a run's start)."""
@@ -59,20 +53,15 @@ class OpenInterval:
     def add(self, batches: Sequence[BatchPass], generation: tuple[float | None, float] | None, loss: Any,
             step: int | None, outputs: Any, num_steps: int) -> None:
         """Adds `num_steps` finished steps (see `RunSession.step_end`): references only, nothing is read."""
-        self._steps += num_steps
-        self._batches.extend(batches)
-        self._quiet_at_add = len(self.quiet)
-        if batches:
-            self._added, self._quiet_at_passes = (batches, num_steps), self._quiet_at_add
+        self.entries.append((batches, num_steps, step))
+        self._extra_steps += num_steps - 1
         if generation is not None:
             self._generation.append(generation)
-        self._loss, self._step, self.outputs = loss, step, outputs
+        self._loss, self.outputs = loss, outputs
 
     def last_step(self) -> tuple[Sequence[BatchPass], int] | None:
         """`(passes, steps they cover)` of the last step that brought passes, this interval's or the one before's."""
-        if len(self.quiet) > self._quiet_at_passes:
-            return self.quiet[-1][0], 1
-        return self._added or self._last
+        return next(((passes, n) for passes, n, _ in reversed(self.entries) if passes), self._last)
 
     def measure(self, device_sync: Callable[[Any], None] | None) -> None:
         """Adds the energy since the last reading (after `device_sync` of the last outputs), and reads on."""
@@ -87,9 +76,7 @@ class OpenInterval:
         tokens where the batches say which are padding, generation beside them."""
         measured = self._measured
         totals = _Totals()
-        for batch in self._batches:
-            totals.add(batch)
-        for passes, _ in self.quiet:
+        for passes, _, _ in self.entries:
             for batch in passes:
                 totals.add(batch)
         generation_flops, generation_tokens = None, None
@@ -103,12 +90,8 @@ class OpenInterval:
         return dict(seconds=measured.seconds, energy_j=measured.energy_j, energy_method=measured.methods,
                     model_flops=totals.model, hardware_flops=_plus(totals.hardware, generation_flops),
                     tokens=totals.tokens, padding_tokens=totals.padding, generation_flops=generation_flops,
-                    generation_tokens=generation_tokens, loss=loss, step=self._last_step_number(),
-                    num_steps=self.steps)
-
-    def _last_step_number(self) -> int | None:
-        """The logger's step of the interval's last step."""
-        return self.quiet[-1][1] if len(self.quiet) > self._quiet_at_add else self._step
+                    generation_tokens=generation_tokens, loss=loss,
+                    step=self.entries[-1][2] if self.entries else None, num_steps=self.steps)
 
 
 class _Totals:

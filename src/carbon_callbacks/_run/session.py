@@ -590,7 +590,7 @@ class RunSession:
             batches: the step's passes (see `step_end`).
             step: the step number the framework's logger uses. Defaults to `None`.
         """
-        self._open.quiet.append((batches, step))
+        self._open.entries.append((batches, 1, step))
 
     @_bookkeeping
     def close_interval(self, *, epoch: int | None = None) -> dict[str, float] | None:

@@ -473,10 +473,10 @@ class StepFlopsSource:
                 `None`: the batch has no mask.
             trains: `False` for a pass that runs forward only (see `StepFlops.trains`). Defaults to `True`.
         """
-        cache_key = (key, trains)
-        known = self._cache.get(cache_key, NOT_COUNTED)
+        known = self.counted(key, trains)
         if known is not NOT_COUNTED:
             return known
+        cache_key = (key, trains)
         self._cache[cache_key] = None  # a failed count is not retried every step
         shape = tokens()
         n_tokens = float(shape[0] * shape[1]) if shape is not None else None

@@ -12,17 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from carbon_callbacks._compat import lightning as _lightning
-from carbon_callbacks._run.batch_plan import BatchReader
+from carbon_callbacks._run.batch_plan import BatchReader, batch_pass
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import (
-    NOT_COUNTED,
-    BatchPass,
-    SequenceProbe,
-    array_leaves,
-    labels_read,
-    sequence_lengths,
-    token_shape,
-)
+from carbon_callbacks._run.step_flops import BatchPass
 from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks.flops import trainable_fraction
 from carbon_callbacks.meters._factory import torch_host
@@ -104,7 +96,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         self._trainer = None
         self._global_step = 0
         self._batches = BatchReader()
-        self._known_passes: dict[tuple, list[BatchPass]] = {}  # by batch key: the passes that need only its shapes
+        self._known_passes: dict[tuple, BatchPass] = {}  # by batch key: the passes that need only its shapes
         self._logged: dict[str, float] = {}
         self._params_logged = False
 
@@ -153,9 +145,12 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         if not session.running:
             return
         key, layout = self._batches.read(batch)  # layout: where the real tokens are (a mask, packed sequences)
-        passes = self._known_passes.get(key)
-        if passes is None:
-            passes = self._batch_passes(pl_module, batch, batch_idx, key, layout)
+        one = self._known_passes.get(key)
+        if one is None:  # counted once per batch shape
+            one = batch_pass(session, key, batch, batch, layout,
+                             lambda inputs, backward: _count_step(pl_module, inputs, batch_idx, backward),
+                             self._known_passes)
+        passes = [one]
         # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
         # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
         global_step = trainer.global_step
@@ -169,27 +164,6 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
                                    close=True)
         if metrics is not None:
             self._log(trainer, pl_module, metrics)
-
-    def _batch_passes(self, pl_module, batch, batch_idx, key, layout) -> list[BatchPass]:
-        """The step's pass: its figures (counted once per batch shape, after the step, which counting does not
-        change) and the real tokens of its sequences. Kept for the next batches of this shape when they need
-        nothing else of the batch (no mask, no labels the count depends on)."""
-        session = self.session
-        flops = session.counted(key)
-        if flops is NOT_COUNTED:
-            flops = session.count(
-                key,
-                lambda: _count_step(pl_module, batch, batch_idx),
-                lambda: token_shape(array_leaves(batch)),
-                trace_model=lambda: _count_step(pl_module, batch, batch_idx, "parameters"),
-                probe=None if layout is None else SequenceProbe(
-                    batch, layout, lambda cut: _count_step(pl_module, cut, batch_idx, "parameters")),
-            )
-        labelled = labels_read(flops, batch)
-        passes = [BatchPass(flops, sequence_lengths(batch, layout), labelled=labelled)]
-        if layout is None and labelled is None:
-            self._known_passes[key] = passes
-        return passes
 
     @guarded
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -16,18 +16,9 @@ from carbon_callbacks._compat import transformers as _hf
 from carbon_callbacks._compat.torch import sum_over_ranks
 from carbon_callbacks._record.reader import read_state
 from carbon_callbacks._record.store import write_state
-from carbon_callbacks._run.batch_plan import BatchReader
+from carbon_callbacks._run.batch_plan import BatchReader, batch_pass
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import (
-    NOT_COUNTED,
-    BatchPass,
-    SequenceProbe,
-    array_leaves,
-    batch_key,
-    labels_read,
-    sequence_lengths,
-    token_shape,
-)
+from carbon_callbacks._run.step_flops import BatchPass, batch_key
 from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
@@ -329,23 +320,9 @@ class CarbonCallback(_hf.TrainerCallback):
         known = self._known_passes.get(key)
         if known is not None:
             return known
-        figures = self.session.counted(key, trains=trains)
-        if figures is NOT_COUNTED:
-            inputs = (args, kwargs)
-            figures = self.session.count(
-                key,
-                lambda: self._count_step(module, inputs, "all" if trains else "none"),
-                lambda: token_shape(array_leaves(inputs)),
-                trace_model=(lambda: self._count_step(module, inputs, "parameters")) if trains else None,
-                probe=None if layout is None else SequenceProbe(
-                    inputs, layout, lambda cut: self._count_step(module, cut, "parameters" if trains else "none")),
-                trains=trains,
-            )
-        labelled = labels_read(figures, kwargs)
-        batch_pass = BatchPass(figures, sequence_lengths(kwargs, layout), labelled=labelled)
-        if layout is None and labelled is None:  # the next passes of this shape need nothing else of the batch
-            self._known_passes[key] = batch_pass
-        return batch_pass
+        return batch_pass(self.session, key, (args, kwargs), kwargs, layout,
+                          lambda inputs, backward: self._count_step(module, inputs, backward), self._known_passes,
+                          trains)
 
     def _describe_step(self) -> None:
         """States in `run.json` (info.step_contents) what an optimizer step ran, when that changes."""

@@ -6,19 +6,27 @@ for them costs tens of microseconds per step once a training step has emptied th
 run keep their structure (a tensor; a tuple of tensors; a mapping of tensors under the same keys), so
 `BatchReader` works out once per structure where the arrays, the mask and the position ids sit, and each step then
 reads only those. A structure it has no plan for (nested containers) is walked as before; both give equal results.
+`batch_pass` then makes the step's pass of a batch, the same way in every torch adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from carbon_callbacks._run.step_flops import (
     MASK_KEYS,
+    NOT_COUNTED,
     POSITIONS_KEY,
+    BatchPass,
     PackedSequences,
+    SequenceProbe,
+    array_leaves,
     batch_key,
+    labels_read,
+    sequence_lengths,
     token_layout,
+    token_shape,
 )
 
 
@@ -95,3 +103,28 @@ def _plan_for(batch: Any):
     if isinstance(batch, Mapping):
         return _mapping_plan(batch)
     return _walked
+
+
+def batch_pass(session, key: tuple, inputs: Any, fields: Any, layout: Any, count: Callable[[Any, str], Any],
+               known: dict, trains: bool = True) -> BatchPass:
+    """One pass over `inputs` whose batch key is `key` (the caller has looked it up in `known` first): its figures
+    (`session.counted`, else counted once per key with `count(inputs, backward)`, after the step, which counting
+    does not change; with a mask, the probe cuts the longest sequence) and the real tokens of `fields`, the part of
+    the inputs holding the mask and labels. Kept in `known` under `key` when the next passes of this shape need
+    nothing more of the batch (no mask, no labels the count depends on)."""
+    figures = session.counted(key, trains=trains)
+    if figures is NOT_COUNTED:
+        figures = session.count(
+            key,
+            lambda: count(inputs, "all" if trains else "none"),
+            lambda: token_shape(array_leaves(inputs)),
+            trace_model=(lambda: count(inputs, "parameters")) if trains else None,
+            probe=None if layout is None else SequenceProbe(
+                inputs, layout, lambda cut: count(cut, "parameters" if trains else "none")),
+            trains=trains,
+        )
+    labelled = labels_read(figures, fields)
+    made = BatchPass(figures, sequence_lengths(fields, layout), labelled=labelled)
+    if layout is None and labelled is None:
+        known[key] = made
+    return made

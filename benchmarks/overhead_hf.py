@@ -189,7 +189,8 @@ def main() -> None:
     floor = [run_once("floor", args.steps, Path(tmp), args.country, args.intensity, args.logging_steps)["hook_median"]
              for tmp in [tempfile.mkdtemp() for _ in range(3)]]
     print_hooks({key: med("carbon-callbacks", key) for key in HOOK_KEYS}, base["median"],
-                "the interval closes: meter read and the carbon/* keys of every log row", statistics.median(floor))
+                "the interval closes: meter read and the carbon/* keys of every log row", statistics.median(floor),
+                results["carbon-callbacks"][0])
 
 if __name__ == "__main__":
     main()

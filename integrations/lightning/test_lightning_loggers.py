@@ -31,13 +31,18 @@ FACTS = {"carbon/region": "none (intensity given)", "carbon/pue": 1.2, "carbon/g
 
 
 @pytest.fixture(autouse=True)
-def _wandb_offline(monkeypatch):
+def _wandb_offline_and_mlflow_reset(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     yield
+    import mlflow
     import wandb
 
+    # What Lightning's loggers leave process-wide, which a later test's W&B and MLflow would write into: W&B's
+    # settings (its save folder) and MLflow's tracking URI (with MLFLOW_TRACKING_URI).
     wandb.finish()
+    wandb.teardown()
+    mlflow.set_tracking_uri(None)
 
 
 def fit(root, loggers, *, max_steps=7, model=None, **callback):

@@ -265,7 +265,7 @@ class CarbonCallback(keras.callbacks.Callback):
             lengths = None if mask is None else mask.sum(axis=1).astype("float64")
             self._counted[index] = BatchPass(self._count(x, replicas=share, mask=mask), lengths, share)
         except Exception as err:
-            self.session.hook_failed("counting a batch's FLOPs", err)
+            self.session.warned_failure("counting a batch's FLOPs", err)
 
     def _mask(self, x):
         """The mask of `x`'s real tokens (NumPy, on the host): its padding mask, or under `mask_zero` its nonzero

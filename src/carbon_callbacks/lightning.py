@@ -95,10 +95,12 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         self.prog_bar = bool(prog_bar)
         self._trainer = None
         self._global_step = 0
+        self._optimizer_steps = None  # Lightning's count of optimizer steps (`trainer.global_step`), read per step
+        self._every = 1  # steps per logging interval
         self._batches = BatchReader()
         self._known_passes: dict[tuple, BatchPass] = {}  # by batch key: the passes that need only its shapes
         self._logged: dict[str, float] = {}
-        self._params_logged = False
+        self._params_logged: dict | None = None  # the run's facts as the loggers last got them
 
     @property
     def summary(self) -> dict | None:
@@ -109,8 +111,9 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
     @guarded
     def on_train_start(self, trainer, pl_module) -> None:
         self._trainer = trainer
+        self._optimizer_steps = _lightning.optimizer_step_counter(trainer)
         self._global_step = trainer.global_step
-        self._logged, self._params_logged, self._known_passes = {}, False, {}
+        self._logged, self._params_logged, self._known_passes = {}, None, {}
         root = trainer.strategy.root_device
         sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
@@ -136,37 +139,48 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             host=torch_host(root, trainer.local_rank, trainer.global_rank, trainer.world_size, "lightning"),
             device_sync=(lambda _: torch.cuda.synchronize(root)) if root.type == "cuda" else None,
             reduce_sum=self._reduce_sum if trainer.world_size > 1 else None,
-            end=lambda signum: self._end(trainer, self.session.finish(status_at_exit(signum))),
+            end=lambda signum: self._end(trainer, self.session.finish(status_at_exit(signum)), save=True),
         )
+        self._every = self.session.interval
 
-    @guarded
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        session = self.session
-        if not session.running:
-            return
-        key, layout = self._batches.read(batch)  # layout: where the real tokens are (a mask, packed sequences)
-        one = self._known_passes.get(key)
-        if one is None:  # counted once per batch shape
-            one = batch_pass(session, key, batch, batch, layout,
-                             lambda inputs, backward: _count_step(pl_module, inputs, batch_idx, backward),
-                             self._known_passes)
-        passes = [one]
-        # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation). Lightning
-        # writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step global_step - 1.
-        global_step = trainer.global_step
-        stepped, self._global_step = global_step != self._global_step, global_step
-        if not (stepped and global_step % session.interval == 0):
-            session.add_step(passes, global_step - 1)
-            return
+        # The per-step path: one call to read the batch, a lookup, one append. `guarded` is written out here, as its
+        # wrapper's call would cost as much as the rest, with the caches a training step leaves.
+        try:
+            session = self.session
+            if not session.running:
+                return
+            key, layout = self._batches.read(batch)  # layout: where the real tokens are (a mask, packed sequences)
+            one = self._known_passes.get(key)
+            if one is None:  # counted once per batch shape
+                one = batch_pass(session, key, batch, batch, layout,
+                                 lambda inputs, backward: _count_step(pl_module, inputs, batch_idx, backward),
+                                 self._known_passes)
+            # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation).
+            # Lightning writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step
+            # global_step - 1.
+            global_step = self._optimizer_steps.completed
+            stepped, self._global_step = global_step != self._global_step, global_step
+            if stepped and global_step % self._every == 0:
+                self._close(trainer, pl_module, outputs, one, global_step)
+            else:
+                session.add_step(((one,), 1, global_step - 1))
+        except Exception as err:  # our bookkeeping must never end the user's training
+            self.session.hook_failed("on_train_batch_end", err)
+
+    def _close(self, trainer, pl_module, outputs, one: BatchPass, global_step: int) -> None:
+        """The step that closes an interval: its loss kept, the interval's metrics logged."""
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         keep_loss = isinstance(loss, torch.Tensor) and loss.numel() == 1  # read as the interval closes
-        metrics = session.step_end(batches=passes, loss=loss.detach() if keep_loss else None, step=global_step - 1,
-                                   close=True)
+        metrics = self.session.step_end(batches=(one,), loss=loss.detach() if keep_loss else None,
+                                        step=global_step - 1, close=True)
         if metrics is not None:
             self._log(trainer, pl_module, metrics)
 
     @guarded
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._optimizer_steps.completed != trainer.global_step:  # Lightning moved its count: read the property
+            self._optimizer_steps = _lightning.optimizer_step_counter(trainer)
         # The epoch's steps since the last row close an interval (every rank: its sum is a collective), so what reads
         # `callback_metrics` at an epoch's end (Ray Train's report callback, a monitor) gets the totals so far.
         metrics = self.session.close_interval(epoch=trainer.current_epoch) if self.session.running else None
@@ -195,8 +209,10 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         # arrives as Lightning's SIGTERMException: `interrupted`.
         self._end(trainer, self.session.finish(self.session.ending_status(exception)))
 
-    def _end(self, trainer, summary: dict | None) -> None:
-        """The run's totals as every logger's last row, its facts as their params, its files attached (rank 0)."""
+    def _end(self, trainer, summary: dict | None, save: bool = False) -> None:
+        """The run's totals as every logger's last row, its facts as their params, its files attached (rank 0).
+        Lightning saves the loggers after `on_train_end` and `on_exception` (`finalize`); a run ended by a signal
+        that Lightning does not see saves them here (`save`)."""
         if summary is None or trainer.global_rank != 0 or trainer.log_every_n_steps == 0:
             return
         final = self.session.metrics
@@ -210,18 +226,22 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
 
             for logger in trainer.loggers:
                 attach(logger, [run_dir / name for name in ("run.json", "report.md")])
-        for logger in trainer.loggers:
-            logger.save()
+        if save:
+            for logger in trainer.loggers:
+                logger.save()
 
     def _log_params(self, trainer) -> None:
-        """The run's facts through every logger's `log_hyperparams` (rank 0): at the first row, and at the end with
-        the final methods (`RunSession.params`)."""
-        if trainer.global_rank != 0 or self._params_logged and self.session.running:
+        """The run's facts through every logger's `log_hyperparams` (rank 0): at the first row, and at the end those
+        that are new (the final methods, `RunSession.params`). Lightning's loggers merge what they get; fewer keys
+        cost less (the CSV logger checks each key's YAML before it rewrites the file)."""
+        if trainer.global_rank != 0 or self._params_logged is not None and self.session.running:
             return
-        self._params_logged = True
-        params = self.session.params()
-        for logger in trainer.loggers:
-            logger.log_hyperparams(params)
+        logged, params = self._params_logged or {}, self.session.params()
+        new = {key: value for key, value in params.items() if key not in logged or logged[key] != value}
+        self._params_logged = params
+        if new:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(new)
 
     # ------------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from carbon_callbacks._record.reader import read_state
 from carbon_callbacks._record.store import write_state
 from carbon_callbacks._run.batch_plan import BatchReader, batch_pass
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import BatchPass, batch_key
+from carbon_callbacks._run.step_flops import NOT_COUNTED, BatchPass, batch_key
 from carbon_callbacks._site.trace import IntensityTrace
 from carbon_callbacks.flops import count_step, trainable_fraction
 from carbon_callbacks.flops._torch_step import sharded
@@ -105,8 +105,9 @@ class CarbonCallback(_hf.TrainerCallback):
         self._device = torch.device("cpu")
         self._counting = False
         self._in_step = False  # between on_step_begin and the step's end: the forwards seen are the step's
-        self._forwards: list[tuple] = []  # (trains, module, args, kwargs) of the training forwards not yet counted
+        self._forwards: list[tuple] = []  # (key, layout, module, args, kwargs) of the training passes to count
         self._passes: list[BatchPass] = []  # the optimizer step's passes, counted
+        self._trained = False  # whether a training forward was seen in the step
         self._generated: list = [None, 0.0]  # FLOPs and tokens generated in the step
         self._parts: list[str] = []  # what the step ran, pass by pass (`run.json` info.step_contents)
         self._batches = BatchReader()
@@ -158,7 +159,7 @@ class CarbonCallback(_hf.TrainerCallback):
             self._load(_hf.resumed_from(args, state) / STATE_FILE, state.global_step)
         trainer = _hf.calling_trainer()
         self._model, self._device = model, args.device
-        self._forwards, self._passes, self._params_logged, self._in_step = [], [], False, False
+        self._forwards, self._passes, self._params_logged, self._in_step, self._trained = [], [], False, False, False
         self._parts, self._step_parts, self._known_passes = [], [], {}
         self._hook_forwards(model, _hf.reference_model(trainer, model))
         why = sharded(model) or ("DeepSpeed or FSDP shard the step" if args.deepspeed or args.fsdp else None)
@@ -198,19 +199,23 @@ class CarbonCallback(_hf.TrainerCallback):
             self._hooks.append(reference.register_forward_pre_hook(self._see_forward, with_kwargs=True))
 
     def _see_forward(self, module, args, kwargs) -> None:
-        """Forward pre-hook: keeps each forward of the step under way (a reference, no copy). A forward with
-        gradients trains (counted after the step); one without is a reference's or a scoring pass (counted now,
-        in the state it runs in: a peft model's adapters may be off), or one of `generate`'s."""
-        if self._counting or not self._in_step or not self.session.running:
-            return
-        if torch.is_grad_enabled():
-            if module.training:
-                self._forwards.append((True, module, args, kwargs))
-        elif (past := _hf.generation_call(kwargs)) is not None:
-            if module is self._generator:
-                self._count_generation(args, kwargs, past)
-        else:
-            self._passes.append(self._count_pass(False, module, args, kwargs))
+        """Forward pre-hook: each forward of the step under way as a pass, read here, where the batch was just
+        touched. A forward with gradients trains; one without is a reference's or a scoring pass (counted now, in
+        the state it runs in: a peft model's adapters may be off), or one of `generate`'s."""
+        try:
+            if self._counting or not self._in_step or not self.session.running:
+                return
+            if torch.is_grad_enabled():
+                if module.training:
+                    self._trained = True
+                    self._add_pass(True, module, args, kwargs)
+            elif (past := _hf.generation_call(kwargs)) is not None:
+                if module is self._generator:
+                    self._count_generation(args, kwargs, past)
+            else:
+                self._add_pass(False, module, args, kwargs)
+        except Exception as err:  # our bookkeeping must never end the user's training
+            self.session.hook_failed("a forward pre-hook", err)
 
     def _see_generation(self, module, args, kwargs) -> None:
         """Forward pre-hook of `generate`'s forwards (no gradients, a KV cache): their FLOPs from the model config,
@@ -248,25 +253,31 @@ class CarbonCallback(_hf.TrainerCallback):
     def on_substep_end(self, args, state, control, **kwargs) -> None:
         self._count_forwards()  # a micro-batch under gradient accumulation
 
-    @guarded
     def on_step_end(self, args, state, control, **kwargs) -> None:
-        self._in_step = False
-        if not self.session.running:
-            return
-        self._count_forwards()
-        if not any(p.figures is None or p.figures.trains for p in self._passes):
-            self.session.warn("no-forward", "carbon-callbacks: no training forward of the Trainer's model was seen "
-                              "in a step; its FLOPs and tokens are not counted.")
-        passes, self._passes = self._passes, []
-        flops, tokens = self._generated
-        self._describe_step()
-        close = bool(self._every) and state.global_step % self._every == 0
-        if not (tokens or close):
-            self.session.add_step(passes, state.global_step)
-            return
-        self._generated = [None, 0.0]
-        self.session.step_end(batches=passes, generation=(flops, tokens) if tokens else None, step=state.global_step,
-                              close=close)
+        # Every step: `guarded` written out, as its wrapper's call costs microseconds with a step's caches.
+        try:
+            self._in_step = False
+            session = self.session
+            if not session.running:
+                return
+            if self._forwards:
+                self._count_forwards()
+            if not self._trained:
+                session.warn("no-forward", "carbon-callbacks: no training forward of the Trainer's model was seen "
+                             "in a step; its FLOPs and tokens are not counted.")
+            passes, parts, self._passes, self._parts, self._trained = self._passes, self._parts, [], [], False
+            if parts and parts != self._step_parts:  # a list compare per step; the text only when it changes
+                self._describe_step(parts)
+            flops, tokens = self._generated
+            close = bool(self._every) and state.global_step % self._every == 0
+            if not (tokens or close):
+                session.add_step((passes, 1, state.global_step))
+                return
+            self._generated = [None, 0.0]
+            session.step_end(batches=passes, generation=(flops, tokens) if tokens else None, step=state.global_step,
+                             close=close)
+        except Exception as err:  # our bookkeeping must never end the user's training
+            self.session.hook_failed("on_step_end", err)
 
     @guarded
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
@@ -306,30 +317,36 @@ class CarbonCallback(_hf.TrainerCallback):
 
     # ------------------------------------------------------------------------------------------- counting
     def _count_forwards(self) -> None:
-        """FLOPs and real tokens of the training forwards seen since the last call: counted once per batch shape,
+        """The training passes of shapes not counted when their forward started: counted now, once per batch shape,
         on fake tensors, after the step (which counting does not change)."""
         forwards, self._forwards = self._forwards, []
-        self._passes.extend(self._count_pass(*forward) for forward in forwards)
+        for key, layout, module, args, kwargs in forwards:
+            self._passes.append(batch_pass(self.session, key, (args, kwargs), kwargs, layout,
+                                           lambda inputs, backward, module=module: self._count_step(module, inputs,
+                                                                                                    backward),
+                                           self._known_passes))
 
-    def _count_pass(self, trains: bool, module, args, kwargs) -> BatchPass:
+    def _add_pass(self, trains: bool, module, args, kwargs) -> None:
         """One pass of `module` on `(args, kwargs)`: its figures (a lookup after its shape's first count) and the
-        real tokens of its sequences (an attention mask's row sums, read when the interval closes)."""
+        real tokens of its sequences (an attention mask's row sums, read when the interval closes). A training pass
+        of a shape not counted yet waits for the step's end (a reference, no copy)."""
         self._parts.append(_TRAINING if trains else _SCORING if module is self._model else _REFERENCE)
         kwargs_key, layout = self._batches.read(kwargs)
         key = (id(module), batch_key(args) if args else (), kwargs_key, trains)
         known = self._known_passes.get(key)
-        if known is not None:
-            return known
-        return batch_pass(self.session, key, (args, kwargs), kwargs, layout,
-                          lambda inputs, backward: self._count_step(module, inputs, backward), self._known_passes,
-                          trains)
+        if known is None:
+            if trains and self.session.counted(key) is NOT_COUNTED:
+                self._forwards.append((key, layout, module, args, kwargs))
+                return
+            known = batch_pass(self.session, key, (args, kwargs), kwargs, layout,
+                               lambda inputs, backward: self._count_step(module, inputs, backward),
+                               self._known_passes, trains)
+        self._passes.append(known)
 
-    def _describe_step(self) -> None:
-        """States in `run.json` (info.step_contents) what an optimizer step ran, when that changes."""
-        parts, self._parts = self._parts, []
-        if parts and parts != self._step_parts:  # a list compare per step; the text only when it changes
-            self._step_parts = parts
-            self.session.annotate(step_contents="; ".join(f"{n} x {part}" for part, n in Counter(parts).items()))
+    def _describe_step(self, parts: list[str]) -> None:
+        """States in `run.json` (info.step_contents) what an optimizer step ran, `parts` (when that changes)."""
+        self._step_parts = parts
+        self.session.annotate(step_contents="; ".join(f"{n} x {part}" for part, n in Counter(parts).items()))
 
     def _count_step(self, module, inputs, backward: str):
         self._counting = True

@@ -58,3 +58,23 @@ def test_one_structure_with_other_shapes_and_other_contents_reads_each_batch_rig
         assert key == batch_key(batch) and layout is token_layout(batch)
     batch = {"input_ids": ids(), "attention_mask": torch.ones(2, 1, 8, 8)}  # the mask no longer 2-D
     assert reader.read(batch) == (batch_key(batch), None)
+
+
+def test_batches_of_every_structure_in_turn_are_each_read_right():
+    reader = BatchReader()  # `read` is the last structure's plan: every other structure must reach its own
+    for batch in BATCHES + BATCHES[::-1] + BATCHES:
+        key, layout = reader.read(batch)
+        assert key == batch_key(batch) and same_layout(layout, token_layout(batch))
+
+
+def test_a_copied_reader_reads_on_its_own():
+    import copy
+    import pickle
+
+    reader = BatchReader()
+    reader.read(BATCHES[2])  # its `read` is now a plan of its own
+    for twin in (copy.deepcopy(reader), pickle.loads(pickle.dumps(reader))):
+        for batch in BATCHES:
+            key, layout = twin.read(batch)
+            assert key == batch_key(batch) and same_layout(layout, token_layout(batch))
+        assert reader.read.__closure__ is not None and twin.read is not reader.read

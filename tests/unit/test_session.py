@@ -84,12 +84,12 @@ def test_quiet_steps_count_as_steps_do(tmp_path):
         for step in range(5):
             passes = [BatchPass(flops(model=1e9 * (step + 1)))]
             if quiet:
-                session.add_step(passes, step)
+                session.add_step((passes, 1, step))
             else:
                 session.step_end(batches=passes, step=step, close=False)
         metrics = session.step_end(num_steps=0, loss=1.5, step=4, close=True)  # a log row closes the interval
         assert metrics["carbon/flops"] == 5e9
-        session.add_step([BatchPass(flops(model=7e9))], 5)
+        session.add_step(([BatchPass(flops(model=7e9))], 1, 5))
         assert session.metrics["carbon/flops"] == 7e9
         records.append(session.finish()["steps"])
     assert records[0] == records[1] == 6

@@ -124,3 +124,34 @@ def test_a_process_killed_without_warning_keeps_what_was_flushed(tmp_path):
     proc.communicate(timeout=60)
     summary, logged = read_run(tmp_path)
     assert summary["status"] == "running" and summary["steps"] == sum(r["num_steps"] for r in logged) >= 5
+
+
+#: Kills the process with SIGKILL inside its 8th write of run.json (at step 7), after that flush appended to the step
+#: log: the step log is then one record ahead of run.json.
+KILLED_BETWEEN_THE_WRITES = """
+import os, signal
+from carbon_callbacks._record import store
+store.FLUSH_SECONDS = 0
+writes = []
+def write_json_atomic(path, payload, staging=None):
+    writes.append(path)
+    if len(writes) == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return WRITE(path, payload, staging)
+WRITE, store.write_json_atomic = store.write_json_atomic, write_json_atomic
+"""
+
+
+def test_a_process_killed_between_the_step_log_and_run_json_reads_as_its_last_run_json(tmp_path):
+    from carbon_callbacks._record.reader import read_run_files
+
+    proc = start(tmp_path, before=KILLED_BETWEEN_THE_WRITES)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    summary, logged = read_run(tmp_path)  # no warning: a kill is what left it so
+    assert summary["status"] == "running" and summary["steps"] == 6
+    assert [r["cum_steps"] for r in logged] == [1, 2, 3, 4, 5, 6]  # the records add up to run.json
+    assert summary["step_log"]["records"] == 6 and (tmp_path / "steps.csv").read_text().count("\n") == 1 + 7
+    assert read_run_files(tmp_path).problems == [
+        f"{tmp_path / 'steps.csv'}: 1 records past run.json's last update, stopped by a crash between the two "
+        "writes (skipped: the records add up to run.json)"]

@@ -6,7 +6,8 @@ Lightning ships one code base under two names: `pytorch_lightning` and the unifi
 accepts only callbacks of its own namespace's `Callback`, and a user may have either installed, or both. The
 adapter's callback therefore subclasses the `Callback` of every namespace that is installed, so it fits whichever
 Trainer the user holds. Everything else the adapter reads is public: `trainer.global_step` (optimizer steps, from
-which the logger's step and gradient accumulation follow), `trainer.loggers`, `trainer.strategy`.
+which the logger's step and gradient accumulation follow), `trainer.loggers`, `trainer.strategy`; per step it reads
+the global step from the tracker behind that property (`optimizer_step_counter`), checked against it.
 """
 
 from __future__ import annotations
@@ -55,3 +56,31 @@ def framework_of(trainer: object) -> str:
     top = type(trainer).__module__.split(".")
     name = "lightning.pytorch" if top[:2] == ["lightning", "pytorch"] else top[0]
     return f"{name} {getattr(sys.modules.get(name), '__version__', '')}".strip()
+
+
+class _GlobalStep:
+    """`trainer.global_step` as the `completed` attribute of a step tracker."""
+
+    def __init__(self, trainer: object) -> None:
+        self._trainer = trainer
+
+    @property
+    def completed(self) -> int:
+        return self._trainer.global_step
+
+
+def optimizer_step_counter(trainer) -> object:
+    """An object whose `completed` attribute is `trainer.global_step`, read per step: Lightning's own tracker of
+    optimizer steps, which `trainer.global_step` reaches through four properties (3-4 us a step with the caches a
+    training step leaves), else `trainer.global_step` itself. The tracker is kept only when it reads the same."""
+    try:
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.lightning_module.automatic_optimization:
+            tracker = loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            tracker = loop.manual_optimization.optim_step_progress.total
+        if tracker.completed == trainer.global_step:
+            return tracker
+    except AttributeError:
+        pass
+    return _GlobalStep(trainer)

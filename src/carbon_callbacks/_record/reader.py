@@ -191,6 +191,10 @@ def _json_record(text: str, columns: Collection[str] | None) -> dict:
     return record if columns is None else {k: v for k, v in record.items() if k in columns}
 
 
+#: In the `RunFiles.problems` that a crash leaves and readers skip silently.
+CRASH = "by a crash"
+
+
 @dataclass
 class RunFiles:
     """What a run folder holds: the summary (`None` without `run.json`), the step records, and the lines skipped."""
@@ -250,14 +254,25 @@ def read_run_files(run_dir: str | os.PathLike, columns: Collection[str] | None =
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     path = steps_path(run_dir)
-    records, problems = [], []
+    # A run left `running` may have been killed after appending to the step log and before rewriting run.json:
+    # the records past run.json's steps are left out, so that the records add up to run.json.
+    last_step = summary.get("steps") if summary is not None and summary.get("status") == "running" else None
+    if last_step is not None and columns is not None:
+        columns = {*columns, "cum_steps"}
+    records, problems, ahead = [], [], 0
     for line in scan_lines(path, columns):
         if line.record is not None:
-            records.append(line.record)
+            if last_step is not None and (line.record.get("cum_steps") or 0) > last_step:
+                ahead += 1
+            else:
+                records.append(line.record)
         elif line.torn:
-            problems.append(f"{path}: line {line.number} was cut short by a crash mid-write (skipped)")
+            problems.append(f"{path}: line {line.number} was cut short {CRASH} mid-write (skipped)")
         elif not line.header:
             problems.append(f"{path}: line {line.number}: {line.problem} (skipped)")
+    if ahead:
+        problems.append(f"{path}: {ahead} records past run.json's last update, stopped {CRASH} between the two "
+                        "writes (skipped: the records add up to run.json)")
     return RunFiles(summary, records, problems)
 
 
@@ -272,6 +287,6 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
     """
     files = read_run_files(run_dir)
     for problem in files.problems:
-        if "cut short by a crash" not in problem:
+        if CRASH not in problem:
             warnings.warn(f"carbon-callbacks: {problem}", CarbonCallbacksWarning, stacklevel=2)
     return files.summary, files.records

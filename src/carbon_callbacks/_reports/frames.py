@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from carbon_callbacks._errors import InvalidInputError
-from carbon_callbacks._record.reader import read_run_files, steps_path
+from carbon_callbacks._record.reader import CRASH, read_run_files, steps_path
 from carbon_callbacks._record.schema import AMOUNT, COUNT, SIGNED, STEP_COLUMNS, TEXT
 from carbon_callbacks._reports.report import read_report
 from carbon_callbacks._warnings import CarbonCallbacksWarning
@@ -102,7 +102,7 @@ def _step_frame(pd, run_dir: Path):
             return frame
     files = read_run_files(run_dir)
     for problem in files.problems:
-        if "cut short by a crash" not in problem:
+        if CRASH not in problem:
             warnings.warn(f"carbon-callbacks: {problem}", CarbonCallbacksWarning, stacklevel=4)
     names = list(dict.fromkeys(key for record in files.records for key in record))
     return pd.DataFrame({name: [record.get(name) for record in files.records] for name in names})

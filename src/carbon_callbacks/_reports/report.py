@@ -23,7 +23,7 @@ from pathlib import Path
 from carbon_callbacks._constants import J_PER_KWH, SCHEMA_VERSION
 from carbon_callbacks._errors import InvalidInputError
 from carbon_callbacks._record.names import RUN_FILE, STEPS_FILE
-from carbon_callbacks._record.reader import read_run_files, read_summary
+from carbon_callbacks._record.reader import CRASH, read_run_files, read_summary
 from carbon_callbacks._record.schema import strict_json
 from carbon_callbacks._reports.format import fmt_number, text_table
 from carbon_callbacks._reports.model_card import hf_co2_block, hf_yaml
@@ -235,7 +235,7 @@ class RunReport:
     def warn_problems(self) -> None:
         """Warns about each skipped line of the step log other than a torn last one (a crash mid-write)."""
         for problem in self.problems:
-            if "cut short by a crash" not in problem:
+            if CRASH not in problem:
                 warnings.warn(f"carbon-callbacks: {problem}", CarbonCallbacksWarning, stacklevel=3)
 
     def rows(self) -> list[tuple[str, object, str]]:

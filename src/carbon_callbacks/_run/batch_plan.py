@@ -31,51 +31,95 @@ from carbon_callbacks._run.step_flops import (
 
 
 class BatchReader:
-    """Reads `(batch_key(batch), token_layout(batch))` with a plan per batch structure."""
+    """Reads `(batch_key(batch), token_layout(batch))` with a plan per batch structure.
+
+    `read` is the plan of the last structure seen: it checks that a batch still has that structure and hands any
+    other to the planner, so a step costs one call (a call in place, after a training step, costs microseconds).
+    """
 
     def __init__(self) -> None:
-        self._plans: dict[Any, Any] = {}
+        self._plans: dict[Any, Callable[[Any], tuple[tuple, Any]]] = {}
+        self.read: Callable[[Any], tuple[tuple, Any]] = self._planned
 
-    def read(self, batch: Any) -> tuple[tuple, Any]:
+    def __getstate__(self) -> dict:  # the plans are a cache of closures: a copy (pickle, deepcopy) starts afresh
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def _planned(self, batch: Any) -> tuple[tuple, Any]:
+        """The plan for `batch`'s structure (made the first time), which becomes `read`."""
         kind = type(batch)
         if kind is tuple or kind is list:
             structure: Any = (kind, len(batch))
-        elif kind is dict or isinstance(batch, Mapping):
+        elif isinstance(batch, Mapping):
             structure = (kind, *batch)
         else:
             structure = kind
         plan = self._plans.get(structure)
         if plan is None:
-            plan = self._plans[structure] = _plan_for(batch)
-        try:
-            return plan(batch)
-        except AttributeError:  # an element is no longer an array: this batch is walked
-            return _walked(batch)
+            plan = self._plans[structure] = _plan_for(batch, self._planned)
+        self.read = plan
+        return plan(batch)
 
 
 def _walked(batch: Any) -> tuple[tuple, Any]:
     return batch_key(batch), token_layout(batch)
 
 
-def _one_array(batch: Any) -> tuple[tuple, Any]:
-    return (batch.shape, batch.dtype), None
+def _plan_for(batch: Any, other: Callable[[Any], tuple[tuple, Any]]) -> Callable[[Any], tuple[tuple, Any]]:
+    """The reader of batches shaped like `batch` (a flat one reads its arrays directly, any other is walked); a
+    batch of another structure goes to `other`, one whose arrays are gone is walked."""
+    kind = type(batch)
+    if _is_leaf(batch):
+        def read(batch: Any) -> tuple[tuple, Any]:
+            if type(batch) is not kind:
+                return other(batch)
+            return (batch.shape, batch.dtype), None
+
+    elif kind in (tuple, list) and all(_is_leaf(v) for v in batch):
+        size = len(batch)
+
+        def read(batch: Any) -> tuple[tuple, Any]:
+            if type(batch) is not kind or len(batch) != size:
+                return other(batch)
+            try:
+                if size == 1:  # (x,): what a TensorDataset gives, without a comprehension's call
+                    array = batch[0]
+                    return ((array.shape, array.dtype),), None
+                return tuple([(array.shape, array.dtype) for array in batch]), None
+            except AttributeError:  # an element is no longer an array
+                return _walked(batch)
+
+    elif isinstance(batch, Mapping):
+        read = _mapping_plan(batch, other)
+    else:
+        def read(batch: Any) -> tuple[tuple, Any]:
+            return _walked(batch) if type(batch) is kind else other(batch)
+
+    return read
 
 
-def _arrays(batch: Any) -> tuple[tuple, Any]:
-    return tuple([(a.shape, a.dtype) for a in batch]), None
-
-
-def _mapping_plan(batch: Mapping):
+def _mapping_plan(batch: Mapping, other: Callable[[Any], tuple[tuple, Any]]) -> Callable[[Any], tuple[tuple, Any]]:
     """The plan of mappings under `batch`'s keys: the arrays read directly (other values walked), the mask (else
     the position ids) by key."""
-    keys = tuple(batch)
+    kind, keys = type(batch), tuple(batch)
     arrays = tuple(_is_leaf(v) for v in batch.values())
+    only_arrays = all(arrays)
     mask_keys = tuple(k for k in MASK_KEYS if k in keys)
     positions_key = POSITIONS_KEY if POSITIONS_KEY in keys else None
 
     def read(batch: Mapping) -> tuple[tuple, Any]:
-        key = tuple([(k, (v.shape, v.dtype) if array else batch_key(v, 1))
-                     for (k, v), array in zip(batch.items(), arrays)])
+        if type(batch) is not kind or tuple(batch) != keys:
+            return other(batch)
+        try:
+            if only_arrays:  # the common case, in fewer operations
+                key = tuple([(k, (v.shape, v.dtype)) for k, v in batch.items()])
+            else:
+                key = tuple([(k, (v.shape, v.dtype) if array else batch_key(v, 1))
+                             for (k, v), array in zip(batch.items(), arrays)])
+        except AttributeError:  # a value is no longer an array
+            return _walked(batch)
         for mask_key in mask_keys:
             mask = batch[mask_key]
             if len(getattr(mask, "shape", ())) == 2:
@@ -92,17 +136,6 @@ def _mapping_plan(batch: Mapping):
 def _is_leaf(value: Any) -> bool:
     """An array `batch_key` keeps as it is: a `shape` that is a tuple, and a `dtype`."""
     return isinstance(getattr(value, "shape", None), tuple) and getattr(value, "dtype", None) is not None
-
-
-def _plan_for(batch: Any):
-    """The reader of batches shaped like `batch`: a flat one reads its arrays directly, any other is walked."""
-    if _is_leaf(batch):
-        return _one_array
-    if type(batch) in (tuple, list) and all(_is_leaf(v) for v in batch):
-        return _arrays
-    if isinstance(batch, Mapping):
-        return _mapping_plan(batch)
-    return _walked
 
 
 def batch_pass(session, key: tuple, inputs: Any, fields: Any, layout: Any, count: Callable[[Any, str], Any],

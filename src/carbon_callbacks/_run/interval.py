@@ -24,15 +24,14 @@ class OpenInterval:
     def __init__(self) -> None:
         self._meter = None
         self._last: tuple[Sequence[BatchPass], int] | None = None
+        #: `(passes, steps they cover, logger step)` of each step or call, in order.
         self.entries: list[tuple[Sequence[BatchPass], int, int | None]] = []
         self.reset()
 
     def reset(self) -> None:
         """Forgets the steps (the interval was recorded); the meter's window stays open."""
         self._last = self.last_step()  # for carbon/flops until the next step
-        #: `(passes, steps they cover, logger step)` of each call, in order. `RunSession.add_step` appends
-        #: `(passes, 1, step)` here itself: one append per step, which a signal cannot split.
-        self.entries = []
+        self.entries.clear()  # the same list for the run: `RunSession.add_step` is its append
         self._extra_steps = 0  # steps beyond one per entry (`add` with `num_steps` other than 1)
         self._generation: list[tuple[float | None, float]] = []
         self._loss: Any = None

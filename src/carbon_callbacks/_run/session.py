@@ -80,8 +80,6 @@ def guarded(hook: Callable) -> Callable:
         try:
             return hook(self, *args, **kwargs)
         except Exception as err:  # our bookkeeping must never end the user's training
-            if strict():
-                raise
             self.session.hook_failed(hook.__name__, err)
             return None
 
@@ -180,7 +178,9 @@ class RunSession:
         self._info: dict = {"training_type": training_type} if training_type else {}
         self._accountant: Accountant | None = None
         self._store = RunStore()
-        self._running = False
+        #: Whether a run is open (between `start` and `finish`). Read it, never set it: a plain attribute, as the
+        #: adapters read it on every step, where a property's call costs a microsecond or two.
+        self.running = False
         self._rank, self._world_size, self._interval = 0, 1, self._log_every or 1
         self._total_steps: int | None = None
         self._device_sync: Callable[[Any], None] | None = None
@@ -200,13 +200,13 @@ class RunSession:
         self._ray = None  # the Ray Train run this process is a worker of, if any
         self._flops = StepFlopsSource(given, self.warn, lambda **facts: self._accountant.annotate(**facts))
         self._open = OpenInterval()
+        #: Records one training step that closes no interval and brings nothing but its passes (the per-step path of
+        #: the adapters whose framework says which steps log; `step_end` with `close=False` otherwise):
+        #: `add_step((passes, 1, logger_step))`, the passes as `step_end` takes them. It is the open interval's own
+        #: list append: no Python call per step (microseconds with a training step's caches), no signal splits it.
+        self.add_step: Callable[[tuple[Sequence[BatchPass], int, int | None]], None] = self._open.entries.append
 
     # ------------------------------------------------------------------------------------------- reading
-    @property
-    def running(self) -> bool:
-        """Whether a run is open (between `start` and `finish`)."""
-        return self._running
-
     @property
     def run_dir(self) -> Path | None:
         """Where this rank writes its run files (`None` on ranks other than 0 or when they cannot be written)."""
@@ -273,7 +273,7 @@ class RunSession:
             "carbon/num_chips": summary.get("num_chips"),
             "carbon/version": __version__,
         }
-        if not self._running and self._finished is not None:
+        if not self.running and self._finished is not None:
             params["carbon/energy_method"] = summary.get("energy_method") or "not measured"
             params["carbon/flops_method"] = summary.get("info", {}).get("flops_method") or "not counted"
         return params
@@ -284,7 +284,7 @@ class RunSession:
         The steps since the last interval are included, measured into the open interval: reading never closes
         or splits an interval.
         """
-        if self._finished is not None and not self._running:
+        if self._finished is not None and not self.running:
             return self._finished
         if self._accountant is None:
             return None
@@ -297,17 +297,17 @@ class RunSession:
         log.debug("carbon-callbacks: %s", message)
 
     def hook_failed(self, where: str, err: Exception) -> None:
-        """Reports a failure inside an adapter hook once; training goes on (see `guarded`)."""
+        """Reports a failure inside an adapter hook (or a local one held back until after a collective): raised in
+        strict mode (`CARBON_CALLBACKS_STRICT=1`), else warned once per `where`, and training goes on (`guarded`)."""
+        if strict():
+            raise err
+        self.warned_failure(where, err)
+
+    def warned_failure(self, where: str, err: Exception) -> None:
+        """Warns once per `where` of a failure that training goes on after, even in strict mode."""
         log.debug("carbon-callbacks: %s failed", where, exc_info=err)
         self.warn(f"hook:{where}", f"carbon-callbacks: {where} failed ({type(err).__name__}: {err}); training "
                   "continues, but the carbon figures of this run may miss the affected steps.")
-
-    def _held_back(self, failure: Exception, where: str) -> None:
-        """A local failure reported after the collective it would have skipped: raised in strict mode, else warned
-        once (see `hook_failed`)."""
-        if strict():
-            raise failure
-        self.hook_failed(where, failure)
 
     def annotate(self, **info) -> None:
         """Adds run facts to `run.json`'s `info` (e.g. `moe_twin=`, `training_type=`), now or at the next start."""
@@ -380,7 +380,7 @@ class RunSession:
                 the framework: the meter reads the host's counters in its leader only, and the GPUs it drives.
                 Defaults to `None`: from the launcher's environment.
         """
-        if self._running:
+        if self.running:
             self.finish("interrupted")
         continuing = self._continue_runs and self._finished is not None and self._restored is None
         if continuing:
@@ -428,7 +428,7 @@ class RunSession:
             if self._accountant.peak_flops is not None:
                 keys.append("carbon/mfu")
         self._metrics = dict.fromkeys(keys, math.nan)  # NaN: what a logger shows as "no value yet"
-        self._running = True
+        self.running = True
         self._open.begin(self._meter)
         lifecycle.attach(self)
         self._store.flush(self._summary(self._accountant))  # run.json exists (status running) from the start
@@ -491,7 +491,7 @@ class RunSession:
         """The process got `signum`: with `ends`, the run ends now as `interrupted` (the process is about to die of
         the signal); else its files are written and the status of the ending that follows is `interrupted`."""
         self._signalled = signum
-        if not self._running:
+        if not self.running:
             return
         if ends:
             self._end(signum)
@@ -500,7 +500,7 @@ class RunSession:
 
     def end_at_exit(self) -> None:
         """The interpreter exits with the run still open: the adapter's ending (`interrupted` after a signal)."""
-        if self._running:
+        if self.running:
             self._end(self._signalled)
 
     def _finish_on(self, signum: int | None) -> None:
@@ -581,17 +581,6 @@ class RunSession:
             return None
         return self.close_interval(epoch=epoch)
 
-    def add_step(self, batches: Sequence[BatchPass], step: int | None = None) -> None:
-        """Records one training step that closes no interval and brings nothing but its passes: the per-step path
-        of the adapters whose framework says which steps log (`step_end` with `close=False`, in fewer steps). It is
-        one list append, which a signal cannot split, so it needs no bookkeeping guard.
-
-        Args:
-            batches: the step's passes (see `step_end`).
-            step: the step number the framework's logger uses. Defaults to `None`.
-        """
-        self._open.entries.append((batches, 1, step))
-
     @_bookkeeping
     def close_interval(self, *, epoch: int | None = None) -> dict[str, float] | None:
         """Closes the open interval now (e.g. at an epoch's end): device sync, meter reading, sum over ranks.
@@ -599,7 +588,7 @@ class RunSession:
         Returns:
             The fresh `metrics`, or `None` when no step was pending.
         """
-        if self._open.steps == 0 or self._accountant is None or not self._running:
+        if self._open.steps == 0 or self._accountant is None or not self.running:
             return None
         failure, record = None, None
         try:
@@ -612,7 +601,7 @@ class RunSession:
         if self._world_size > 1 and self._reduce_sum is not None:
             self._sync(self._reduce_sum)
         if failure is not None:
-            self._held_back(failure, "closing an interval")
+            self.hook_failed("closing an interval", failure)
             return None
         self._refresh_metrics()
         traces = (self._site.gross_trace, self._site.net_trace)
@@ -648,7 +637,7 @@ class RunSession:
         Returns:
             The run's summary (the content of `run.json`), or `None` when no run was open.
         """
-        if not self._running:
+        if not self.running:
             return None
         accountant, failure = self._accountant, None
         try:
@@ -670,7 +659,7 @@ class RunSession:
         except Exception as err:
             failure = failure or err
         finally:
-            self._running = False
+            self.running = False
             self._open.reset()
             lifecycle.detach(self)
             accountant.close(status)
@@ -685,7 +674,7 @@ class RunSession:
             except Exception as err:
                 failure = failure or err
         if failure is not None:
-            self._held_back(failure, "closing the last interval")
+            self.hook_failed("closing the last interval", failure)
         return self._finished
 
     def _end_record(self) -> None:
@@ -730,7 +719,7 @@ class RunSession:
         the collective (call on every rank, which always enters it) and stored as an equal share per rank, so a
         resume with the same world size continues the global totals exactly.
         """
-        if not self._running:
+        if not self.running:
             return dict(self._restored or self._final_state or {})
         failure, accountant = None, self._accountant
         try:
@@ -741,7 +730,7 @@ class RunSession:
         if self._world_size > 1 and self._reduce_sum is not None:
             summed = [float(v) for v in self._reduce_sum(self._local_totals(accountant))]
         if failure is not None:
-            self._held_back(failure, "saving the state")
+            self.hook_failed("saving the state", failure)
         state = self._with_global_shares(accountant.state_dict(), summed)
         if accountant.pending_record is not None:
             state["pending_record"] = accountant.pending_record
@@ -846,7 +835,7 @@ class RunSession:
     # ------------------------------------------------------------------------------------------- the interval
     def _with_pending(self) -> Accountant:
         """The accountant with the open interval's steps added, as a copy (the run itself is not changed)."""
-        if not self._running or self._open.steps == 0:
+        if not self.running or self._open.steps == 0:
             return self._accountant
         self._open.measure(self._device_sync)
         return self._accountant.preview(**self._open.observation())

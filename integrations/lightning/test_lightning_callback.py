@@ -249,3 +249,47 @@ def test_a_warning_points_at_the_users_fit_line_and_names_a_fix_that_exists(tmp_
     (warning,) = [w for w in caught if "flops_per_batch must be a number" in str(w.message)]
     assert warning.filename == __file__  # the line that called fit, not a library line
     assert CarbonCallback(**SITE, rapl=False, nvml=False)  # the fixes the meter warnings name exist
+
+
+class ManualGPT(LitGPT):
+    """Manual optimization: the optimizer steps on every second batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        if batch_idx % 2 == 1:
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad()
+        return loss
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["accumulated", "manual"])
+def test_intervals_close_on_optimizer_steps_under_accumulation_and_manual_optimization(tmp_path, manual):
+    """The global step, read per step from Lightning's own tracker of optimizer steps, moves every second batch:
+    rows at optimizer steps 2 and 4 (logger steps 1 and 3), each over 4 batches; 8 batches in all."""
+    callback = CarbonCallback(**SITE, meter=FixedMeter(), flops=1e9 if manual else None)
+    run = trainer(tmp_path, [callback], max_steps=4, log_every_n_steps=2,
+                  **({} if manual else {"accumulate_grad_batches": 2}))
+    module = ManualGPT() if manual else LitGPT()
+    run.fit(module, loader(module.model.config))
+    assert run.global_step == 4
+    summary, records = read_run(callback.session.run_dir)
+    assert summary["steps"] == 8 and [(r["step"], r["num_steps"]) for r in records] == [(1, 4), (3, 4)]
+    if not manual:  # under manual optimization Lightning numbers its rows by batch, not by optimizer step
+        assert [r["step"] for r in csv_rows(run) if r.get("carbon/energy_kwh")] == ["1", "3"]
+
+
+def test_without_lightnings_step_tracker_the_global_step_property_is_read():
+    from types import SimpleNamespace
+
+    from carbon_callbacks._compat.lightning import optimizer_step_counter
+
+    trainer_like = SimpleNamespace(global_step=7)  # no fit_loop: a Lightning that moved its tracker
+    counter = optimizer_step_counter(trainer_like)
+    trainer_like.global_step = 9
+    assert counter.completed == 9

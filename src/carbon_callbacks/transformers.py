@@ -321,10 +321,7 @@ class CarbonCallback(_hf.TrainerCallback):
         on fake tensors, after the step (which counting does not change)."""
         forwards, self._forwards = self._forwards, []
         for key, layout, module, args, kwargs in forwards:
-            self._passes.append(batch_pass(self.session, key, (args, kwargs), kwargs, layout,
-                                           lambda inputs, backward, module=module: self._count_step(module, inputs,
-                                                                                                    backward),
-                                           self._known_passes))
+            self._passes.append(self._pass(key, layout, module, args, kwargs, True))
 
     def _add_pass(self, trains: bool, module, args, kwargs) -> None:
         """One pass of `module` on `(args, kwargs)`: its figures (a lookup after its shape's first count) and the
@@ -335,13 +332,19 @@ class CarbonCallback(_hf.TrainerCallback):
         key = (id(module), batch_key(args) if args else (), kwargs_key, trains)
         known = self._known_passes.get(key)
         if known is None:
-            if trains and self.session.counted(key) is NOT_COUNTED:
+            figures = self.session.counted(key, trains=trains)
+            if trains and figures is NOT_COUNTED:
                 self._forwards.append((key, layout, module, args, kwargs))
                 return
-            known = batch_pass(self.session, key, (args, kwargs), kwargs, layout,
-                               lambda inputs, backward: self._count_step(module, inputs, backward),
-                               self._known_passes, trains)
+            known = self._pass(key, layout, module, args, kwargs, trains, figures)
         self._passes.append(known)
+
+    def _pass(self, key: tuple, layout, module, args, kwargs, trains: bool, figures=NOT_COUNTED) -> BatchPass:
+        """`batch_pass` of one forward of `module`: `figures` as `session.counted` gave them, or counted on the
+        forward's own inputs."""
+        return batch_pass(self.session, key, (args, kwargs), kwargs, layout,
+                          lambda inputs, backward: self._count_step(module, inputs, backward), self._known_passes,
+                          trains, figures)
 
     def _describe_step(self, parts: list[str]) -> None:
         """States in `run.json` (info.step_contents) what an optimizer step ran, `parts` (when that changes)."""

@@ -139,13 +139,15 @@ def _is_leaf(value: Any) -> bool:
 
 
 def batch_pass(session, key: tuple, inputs: Any, fields: Any, layout: Any, count: Callable[[Any, str], Any],
-               known: dict, trains: bool = True) -> BatchPass:
+               known: dict, trains: bool = True, figures: Any = NOT_COUNTED) -> BatchPass:
     """One pass over `inputs` whose batch key is `key` (the caller has looked it up in `known` first): its figures
-    (`session.counted`, else counted once per key with `count(inputs, backward)`, after the step, which counting
-    does not change; with a mask, the probe cuts the longest sequence) and the real tokens of `fields`, the part of
-    the inputs holding the mask and labels. Kept in `known` under `key` when the next passes of this shape need
-    nothing more of the batch (no mask, no labels the count depends on)."""
-    figures = session.counted(key, trains=trains)
+    (`figures` when the caller has read `session.counted` already, else that lookup, else counted once per key with
+    `count(inputs, backward)`, after the step, which counting does not change; with a mask, the probe cuts the
+    longest sequence) and the real tokens of `fields`, the part of the inputs holding the mask and labels. Kept in
+    `known` under `key` when the next passes of this shape need nothing more of the batch (no mask, no labels the
+    count depends on)."""
+    if figures is NOT_COUNTED:
+        figures = session.counted(key, trains=trains)
     if figures is NOT_COUNTED:
         figures = session.count(
             key,

@@ -106,7 +106,7 @@ class LitClassifier(pl.LightningModule):
 
 def lightning_step(module):
     """The module's `training_step` with `self.log` and `self.log_dict` muted, as the adapter calls it."""
-    from carbon_callbacks.lightning import muted_training_step
+    from carbon_callbacks._compat.lightning import muted_training_step
 
     return muted_training_step(module)
 

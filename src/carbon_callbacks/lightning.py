@@ -117,7 +117,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
         root = trainer.strategy.root_device
         sharded = _lightning.sharded_strategy(trainer.strategy)
         total_steps = trainer.estimated_stepping_batches
-        default_dir, default_parent = _run_folder(trainer)
+        default_dir, default_parent = _lightning.run_folder(trainer, RUN_SUBDIR)
         self.session.start(
             model=pl_module,
             traceable=pl_module.automatic_optimization and sharded is None,
@@ -154,7 +154,7 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
             one = self._known_passes.get(key)
             if one is None:  # counted once per batch shape
                 one = batch_pass(session, key, batch, batch, layout,
-                                 lambda inputs, backward: _count_step(pl_module, inputs, batch_idx, backward),
+                                 lambda inputs, backward: _lightning.count_step(pl_module, inputs, batch_idx, backward),
                                  self._known_passes)
             # The optimizer stepped on this batch iff the global step moved (not under gradient accumulation).
             # Lightning writes a log row on the batches with global_step % log_every_n_steps == 0, at logger step
@@ -270,49 +270,3 @@ class CarbonCallback(*_lightning.callback_bases(_NAMESPACES)):
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:
     """Whether two metric rows hold the same values (NaN equal to NaN)."""
     return a.keys() == b.keys() and all(a[k] == b[k] or a[k] != a[k] and b[k] != b[k] for k in a)
-
-
-def _run_folder(trainer) -> tuple[Path | None, Path]:
-    """The run folder that follows the first logger's identity (its version folder, else its run id), and where a
-    new timestamped folder goes without a logger. Both stay inside the logger's save folder (else the Trainer's root):
-    a name, version or run id that would lead out of it (`../x`, an absolute path) is reduced to a safe name."""
-    from carbon_callbacks._record.folder import is_within, safe_name
-
-    root = Path(trainer.default_root_dir) / RUN_SUBDIR
-    logger = trainer.logger
-    if logger is None:
-        return None, root
-    log_dir = getattr(logger, "log_dir", None)  # CSV and TensorBoard: version_N
-    if isinstance(log_dir, str):
-        save_dir = Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
-        if is_within(Path(log_dir), save_dir):
-            return Path(log_dir) / RUN_SUBDIR, root
-        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-        return save_dir / safe_name(logger.name or "_") / safe_name(version) / RUN_SUBDIR, root
-    return root / safe_name(logger.version), root  # MLflow's run id, W&B's run id
-
-
-def _count_step(module, batch, batch_idx, backward: str = "all"):
-    """FLOPs of one training step on this batch, counted on fake tensors with `self.log` muted: nothing runs, no
-    state of the module changes (`carbon_callbacks.flops.count_step`; `backward` as there)."""
-    from carbon_callbacks.flops import count_step
-
-    return count_step(module, muted_training_step(module), batch, batch_idx, backward=backward)
-
-
-def muted_training_step(module):
-    """The module's `training_step` with `self.log` and `self.log_dict` muted, for counting it."""
-
-    def training_step(batch, batch_idx):
-        muted = {name: module.__dict__.get(name) for name in ("log", "log_dict")}
-        module.log = module.log_dict = lambda *args, **kwargs: None
-        try:
-            return module.training_step(batch, batch_idx)
-        finally:
-            for name, value in muted.items():
-                if value is None:
-                    module.__dict__.pop(name, None)
-                else:
-                    module.__dict__[name] = value
-
-    return training_step

@@ -7,13 +7,15 @@ accepts only callbacks of its own namespace's `Callback`, and a user may have ei
 adapter's callback therefore subclasses the `Callback` of every namespace that is installed, so it fits whichever
 Trainer the user holds. Everything else the adapter reads is public: `trainer.global_step` (optimizer steps, from
 which the logger's step and gradient accumulation follow), `trainer.loggers`, `trainer.strategy`; per step it reads
-the global step from the tracker behind that property (`optimizer_step_counter`), checked against it.
+the global step from the tracker behind that property (`optimizer_step_counter`), checked against it. Here too:
+the run folder that follows the loggers' folders, and the training step counted with `self.log` muted.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 #: The two names Lightning is installed under, in the order their `Callback` is subclassed.
 NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
@@ -84,3 +86,50 @@ def optimizer_step_counter(trainer) -> object:
     except AttributeError:
         pass
     return _GlobalStep(trainer)
+
+
+def run_folder(trainer, subdir: str) -> tuple[Path | None, Path]:
+    """The run folder (a `subdir`) that follows the first logger's identity (its version folder, else its run id), and
+    where a new timestamped folder goes without a logger. Both stay inside the logger's save folder (else the
+    Trainer's root): a name, version or run id that would lead out of it (`../x`, an absolute path) is reduced to a
+    safe name."""
+    from carbon_callbacks._record.folder import is_within, safe_name
+
+    root = Path(trainer.default_root_dir) / subdir
+    logger = trainer.logger
+    if logger is None:
+        return None, root
+    log_dir = getattr(logger, "log_dir", None)  # CSV and TensorBoard: version_N
+    if isinstance(log_dir, str):
+        save_dir = Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
+        if is_within(Path(log_dir), save_dir):
+            return Path(log_dir) / subdir, root
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return save_dir / safe_name(logger.name or "_") / safe_name(version) / subdir, root
+    return root / safe_name(logger.version), root  # MLflow's run id, W&B's run id
+
+
+def count_step(module, batch, batch_idx, backward: str = "all"):
+    """FLOPs of one training step on this batch, counted on fake tensors with `self.log` muted: nothing runs, no
+    state of the module changes (`carbon_callbacks.flops.count_step`; `backward` as there)."""
+    from carbon_callbacks.flops import count_step as count
+
+    return count(module, muted_training_step(module), batch, batch_idx, backward=backward)
+
+
+def muted_training_step(module):
+    """The module's `training_step` with `self.log` and `self.log_dict` muted, for counting it."""
+
+    def training_step(batch, batch_idx):
+        muted = {name: module.__dict__.get(name) for name in ("log", "log_dict")}
+        module.log = module.log_dict = lambda *args, **kwargs: None
+        try:
+            return module.training_step(batch, batch_idx)
+        finally:
+            for name, value in muted.items():
+                if value is None:
+                    module.__dict__.pop(name, None)
+                else:
+                    module.__dict__[name] = value
+
+    return training_step

@@ -32,7 +32,9 @@ from carbon_callbacks.flops import (  # noqa: E402
     transformer_flops,
 )
 from carbon_callbacks.flops._torch import formulas  # noqa: E402
-from carbon_callbacks.flops._torch_step import METHOD_FAKE  # noqa: E402
+from carbon_callbacks.flops._torch_step import METHOD_FAKE, METHOD_META  # noqa: E402
+
+TRACED = (METHOD_META, METHOD_FAKE)  # the step counted on meta tensors, or on fake ones where meta cannot
 
 VOCAB, BATCH, SEQ = 128, 2, 24
 
@@ -155,7 +157,8 @@ def assert_untouched(module, before: dict) -> None:
     assert after["hooks"] == before["hooks"]
     assert torch.equal(after["rng"], before["rng"])
     for sub in module.modules():
-        assert not any(torch_compat.is_fake(v) for v in vars(sub).values()), type(sub)
+        assert not any(torch_compat.is_fake(v) or isinstance(v, torch.Tensor) and v.is_meta
+                       for v in vars(sub).values()), type(sub)
 
 
 def assert_no_global_state() -> None:
@@ -201,7 +204,9 @@ def test_fake_count_equals_the_real_step(name):
     result = count_step(model, make_step(model), *inputs)
     assert_untouched(model, before)
     assert_no_global_state()
-    assert result.method == METHOD_FAKE and result.warnings == () and result.includes_backward
+    assert result.method in TRACED and result.warnings == () and result.includes_backward
+    if name == "lightning":  # shapes are all it needs: the meta device counts it (batch norm, dropout included)
+        assert result.method == METHOD_META
     assert result.total == result.executed > 0
     reference = real_flops(make_step(copy.deepcopy(model)), *inputs)
     assert abs(result.total / reference - 1) < 0.01
@@ -259,7 +264,7 @@ def test_counting_in_a_lightning_fit_changes_nothing_it_trains():
     """Six steps with dropout, batch norm and momentum: the weights come out bitwise the same as without counting."""
     counter = CountAtBatchEnd()
     counted, bare = _fit([counter]), _fit([])
-    assert len(counter.counts) == 6 and all(c.method == METHOD_FAKE for c in counter.counts)
+    assert len(counter.counts) == 6 and all(c.method in TRACED for c in counter.counts)
     for (name, a), b in zip(counted.state_dict().items(), bare.state_dict().values()):
         assert torch.equal(a, b), name
     batch = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
@@ -350,7 +355,7 @@ def test_a_step_that_reads_its_batch_values_counts_on_fake_tensors(padded):
     batch["labels"] = batch["labels"].clone()
     before = {k: v.clone() for k, v in batch.items()}
     result = count_step(model, lambda b: model(**b), batch, fallback=None)
-    assert result.method == METHOD_FAKE
+    assert result.method == METHOD_FAKE  # meta tensors hold no values to branch on
     assert all(torch.equal(batch[k], before[k]) for k in batch)  # the real batch is never written
     reference = copy.deepcopy(model)
     assert result.total == real_flops(lambda b: reference(**b), {k: v.clone() for k, v in batch.items()})
@@ -368,7 +373,7 @@ def test_bf16_autocast_inside_the_step_counts_as_fp32():
     before = state(model)
     result = count_step(model, autocast_step, batch)
     assert_untouched(model, before)
-    assert result.method == METHOD_FAKE
+    assert result.method in TRACED
     assert result.total == count_step(model, hf_step(model), batch).total  # FLOPs do not depend on the dtype
     assert result.total == real_flops(autocast_step, batch)
 
@@ -381,7 +386,7 @@ def test_bf16_autocast_around_the_count():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = count_step(model, hf_step(model), batch)
     assert_untouched(model, before)
-    assert result.method == METHOD_FAKE
+    assert result.method in TRACED
     assert result.total == count_step(model, hf_step(model), batch).total
 
 
@@ -399,8 +404,41 @@ def test_a_step_that_caches_a_tensor_on_the_module_leaves_nothing_fake_behind():
     model = Caching()
     model(torch.ones(2, 4))
     cached, calls = model.last_input, model.lin.calls
-    count_step(model, model, torch.zeros(3, 4))
+    assert count_step(model, model, torch.zeros(3, 4)).method == METHOD_META
     assert model.last_input is cached and model.lin.calls == calls
+
+
+class FrozenKeyAttention(torch.nn.Module):
+    """Attention through `scaled_dot_product_attention` with a frozen key projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+        self.k.requires_grad_(False)
+
+    def forward(self, x):
+        heads = [f(x).unflatten(-1, (2, 8)).transpose(1, 2) for f in (self.q, self.k, self.v)]
+        return torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=True).square().mean()
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = torch.nn.LSTM(16, 16, batch_first=True), torch.nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0]).square().mean()
+
+
+@pytest.mark.parametrize("make", [FrozenKeyAttention, Recurrent], ids=["attention", "lstm"])
+def test_kernels_torch_picks_by_device_are_counted_on_fake_tensors(make):
+    """On meta, attention and recurrent layers run their generic decomposition, whose backward is not the device's
+    (the fused attention kernels compute the frozen keys' gradient too): counted on fake tensors, as they run."""
+    model = make()
+    x = torch.randn(2, 8, 16)
+    result = count_step(model, model, x)
+    assert result.method == METHOD_FAKE
+    assert result.total == real_flops(copy.deepcopy(model), x)
 
 
 # ---------------------------------------------------------------------------------------------- compiled modules
@@ -453,7 +491,7 @@ def test_compiled_modules_are_counted_uncompiled_and_keep_their_graphs(compiled)
         result = count_step(model, step, x)
     assert_untouched(model, before)
     assert_no_global_state()
-    assert result.method == METHOD_FAKE
+    assert result.method in TRACED
     assert (backend.compiles, backend.calls) == (1, 1)  # the count ran nothing compiled
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -497,7 +535,7 @@ def test_inductor_compiled_module_is_not_recompiled():
         with torch.compiler.set_stance("fail_on_recompile"):
             for _ in range(2):
                 compiled(x).square().mean().backward()
-    assert result.method == METHOD_FAKE
+    assert result.method in TRACED
     assert result.total == real_flops(lambda v: copy.deepcopy(compiled._orig_mod)(v).square().mean(), x)
     assert dict(torch._dynamo.utils.counters["frames"]) == frames
     assert_no_global_state()
@@ -595,7 +633,7 @@ def test_sharded_or_wrapped_modules_are_refused(tmp_path, monkeypatch):
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         with pytest.raises(ValueError, match="DistributedDataParallel wrapper"):
             count_step(ddp, ddp, torch.ones(2, 4))
-        assert count_step(ddp.module, ddp.module, torch.ones(2, 4)).method == METHOD_FAKE
+        assert count_step(ddp.module, ddp.module, torch.ones(2, 4)).method in TRACED
         sharded = torch.nn.Linear(4, 4)
         mesh = init_device_mesh("cpu", (1,))
         sharded.weight = torch.nn.Parameter(distribute_tensor(sharded.weight.detach(), mesh, [Replicate()]))

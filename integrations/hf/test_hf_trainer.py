@@ -76,13 +76,13 @@ def make_trainer(out, config, data, callback, wrap=None, **arguments):
 
 def train_seeing_batches(trainer, **kwargs) -> list[dict]:
     """Trains; returns the training micro-batches the model received, in order (a forward pre-hook of the test;
-    the callback's count runs the forward on fake tensors, which are not a step)."""
+    the callback's count runs the forward on meta or fake tensors, which are not a step)."""
     from carbon_callbacks._compat.torch import is_fake
 
     batches: list[dict] = []
 
     def hook(module, args, kwargs):
-        if module.training and not is_fake(kwargs["input_ids"]):
+        if module.training and not (is_fake(kwargs["input_ids"]) or kwargs["input_ids"].is_meta):
             batches.append(dict(kwargs))
 
     handle = trainer.model.register_forward_pre_hook(hook, with_kwargs=True)

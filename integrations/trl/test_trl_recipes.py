@@ -43,12 +43,12 @@ def callback() -> CarbonCallback:
 @contextlib.contextmanager
 def recording(*modules):
     """The real forwards of `modules` inside the block: (module, gradients on, its kwargs); the callback's counts
-    run on fake tensors and are left out, and so are the test's own recounts after the block."""
+    run on meta or fake tensors and are left out, and so are the test's own recounts after the block."""
     seen: list[tuple] = []
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids")
-        if ids is not None and not is_fake(ids):
+        if ids is not None and not (is_fake(ids) or ids.is_meta):
             seen.append((module, torch.is_grad_enabled(), dict(kwargs)))
 
     handles = [module.register_forward_pre_hook(hook, with_kwargs=True) for module in modules]
@@ -245,7 +245,8 @@ def test_grpo_counts_generation_on_its_own(tmp_path):
 
     def see(module, args, kwargs):
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
-        if cache is not None and not torch.is_grad_enabled() and not is_fake(kwargs["input_ids"]):
+        if cache is not None and not torch.is_grad_enabled() and not is_fake(kwargs["input_ids"]) \
+                and not kwargs["input_ids"].is_meta:
             calls.append((kwargs["input_ids"].shape, cache.get_seq_length(), kwargs.get("logits_to_keep")))
 
     generating = trainer.model.register_forward_pre_hook(see, with_kwargs=True)

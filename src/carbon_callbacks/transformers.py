@@ -318,7 +318,7 @@ class CarbonCallback(_hf.TrainerCallback):
     # ------------------------------------------------------------------------------------------- counting
     def _count_forwards(self) -> None:
         """The training passes of shapes not counted when their forward started: counted now, once per batch shape,
-        on fake tensors, after the step (which counting does not change)."""
+        on meta or fake tensors, after the step (which counting does not change)."""
         forwards, self._forwards = self._forwards, []
         for key, layout, module, args, kwargs in forwards:
             self._passes.append(self._pass(key, layout, module, args, kwargs, True))

@@ -110,7 +110,7 @@ def run_folder(trainer, subdir: str) -> tuple[Path | None, Path]:
 
 
 def count_step(module, batch, batch_idx, backward: str = "all"):
-    """FLOPs of one training step on this batch, counted on fake tensors with `self.log` muted: nothing runs, no
+    """FLOPs of one training step on this batch, counted on meta or fake tensors with `self.log` muted: nothing runs, no
     state of the module changes (`carbon_callbacks.flops.count_step`; `backward` as there)."""
     from carbon_callbacks.flops import count_step as count
 

@@ -5,7 +5,7 @@
   shape from a Hugging Face config (a `PretrainedConfig` or the dict of a `config.json`).
 - `count(fn, *args, **kwargs)`: runs or traces `fn(*args, **kwargs)` once and counts the FLOPs of its matrix
   products with the framework's own tracer (torch, JAX, TensorFlow; a Keras model through its backend's).
-- `count_step(module, step, *inputs)`: one torch training step counted with fake tensors, without running it;
+- `count_step(module, step, *inputs)`: one torch training step counted on meta or fake tensors, without running it;
   `trainable_fraction(module)`: the parameters it trains and all of them.
 
 Importing this package imports no framework; `count` imports the one it needs. The conventions (2 FLOPs per
@@ -153,7 +153,7 @@ def count(fn: Any, *args: Any, framework: str | None = None, **kwargs: Any) -> F
 
 def count_step(module: Any, step: Any, *inputs: Any, fallback: str | None = "real", backward: str = "all") -> FlopCount:
     """Counts one torch training step, `step(*inputs)` and its backward (`"all"`, `"parameters"` or `"none"`),
-    with fake tensors: nothing runs.
+    on meta tensors, or fake tensors where it reads its batch's values: nothing runs.
 
     See `carbon_callbacks.flops._torch_step.count_step` (arguments, method labels, the real-step fallback) and
     docs/flops.md "A torch training step, counted without running it". Imports torch.

@@ -1,8 +1,10 @@
-"""Counting one torch training step without running it: fake tensors under the library's FLOP counter.
+"""Counting one torch training step without running it: meta or fake tensors under the library's FLOP counter.
 
 `count_step(module, step, *inputs)` counts `step(*inputs)` and the backward of the loss it returns with the
-module's parameters and buffers swapped for fake tensors (`FakeTensorMode`: shapes, dtypes and devices, no
-storage), so no kernel runs, no device memory is taken and nothing of the real module is written. The module
+module's parameters and buffers swapped for tensors without storage, so no kernel runs, no device memory is taken
+and nothing of the real module is written. Meta tensors come first (shapes and dtypes; each op's own meta kernel,
+no dispatch mode of their own: the cheap count of a step that needs only shapes); fake tensors (`FakeTensorMode`:
+devices too, and the values of the batch's index tensors) where the step needs more. The module
 is reparametrized in place (what `torch.func.functional_call` does) rather than copied: the step is usually a
 bound method of the module (`training_step`) or a closure over it, which a copy would not reach, and a deep
 copy of a LightningModule would copy its trainer. Whatever else the step touches (a plain tensor attribute, a
@@ -44,7 +46,9 @@ from carbon_callbacks.flops._torch import Counter, _StockCounter, new_counter
 
 logger = logging.getLogger(__name__)
 
-#: `FlopCount.method` of a step counted with fake tensors.
+#: `FlopCount.method` of a step counted on the meta device (shapes only), the first try.
+METHOD_META = "traced:torch-flop-counter(meta tensors)"
+#: `FlopCount.method` of a step counted with fake tensors, where meta tensors could not run it.
 METHOD_FAKE = "traced:torch-flop-counter(fake tensors)"
 #: `FlopCount.method` of a step that was run for real, followed by why fake tensors could not count it.
 METHOD_REAL = "traced:torch-flop-counter(real step; fake tensors failed: {reason})"
@@ -97,9 +101,12 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
                fallback: str | None = "real", backward: str = "all") -> FlopCount:
     """Counts the FLOPs of one training step, `step(*inputs)` and the backward of its loss, without running it.
 
-    `step` is called once with `module`'s parameters and buffers replaced by fake tensors and with every tensor
-    in `inputs` (a batch tuple, a dict of tensors...) replaced by a fake one; nothing of the real module is
-    computed, allocated or written. What `step` returns is differentiated as a training step would be:
+    `step` is called with `module`'s parameters and buffers replaced by meta tensors and with every tensor in
+    `inputs` (a batch tuple, a dict of tensors...) replaced by a meta one; where that fails (the step reads a value,
+    moves a tensor to a device, mixes in a real tensor, calls an attention or recurrent kernel that torch picks by
+    device), again with fake tensors, which keep the device and the values of the batch's index tensors. Nothing
+    of the real module is computed, allocated or written. What `step` returns is differentiated as a training step
+    would be:
     - a tensor with one element, a mapping with a `loss` key or an object with a `loss` attribute (a Hugging
       Face `ModelOutput`): that loss;
     - other outputs: the sum of their floating-point tensors that require a gradient;
@@ -130,8 +137,8 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
 
     Returns:
         A `FlopCount` of one step (`total == executed`: nothing is extrapolated), whose `method` is
-        `METHOD_FAKE`, or `METHOD_REAL` with the reason when the step ran for real; `warnings` says what was
-        not counted as in training (a real run, a step without backward). Forwards that activation
+        `METHOD_META`, `METHOD_FAKE`, or `METHOD_REAL` with the reason when the step ran for real; `warnings` says
+        what was not counted as in training (a real run, a step without backward). Forwards that activation
         checkpointing runs again in the backward pass are in `total` and, apart, in `recomputed`;
         `other_gradients` says whether the backward computed gradients the parameters do not need.
 
@@ -145,7 +152,7 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
         >>> batch = (torch.randn(16, 8), torch.randn(16, 4))
         >>> count = count_step(model, lambda x, y: torch.nn.functional.mse_loss(model(x), y), *batch)
         >>> count.total, count.method
-        (2048, 'traced:torch-flop-counter(fake tensors)')
+        (2048, 'traced:torch-flop-counter(meta tensors)')
 
     Notes:
         Python state the step sets on the module's submodules (an attribute, a cached tensor) is put back after
@@ -167,6 +174,14 @@ def count_step(module: torch.nn.Module, step: Callable[..., Any], *inputs: Any,
             "this rank only, fake tensors do not see the whole model). Take the FLOPs from the model config "
             "(TransformerConfig.from_hf) or a flops_per_batch attribute, or pass flops= per step.")
     with _no_lasting_effect(module) as (root, state), torch.compiler.set_stance("force_eager"), torch.enable_grad():
+        try:
+            counter, notes = _meta_count(root, step, inputs, backward)
+            return _result(counter, METHOD_META, notes)
+        except InternalApiMissing:  # strict mode: a missing torch internal is an error
+            raise
+        except Exception as err:  # noqa: BLE001 - a step that needs more than shapes: fake tensors next
+            logger.debug("counting the step on the meta device failed (%s); counting it on fake tensors", _reason(err))
+            state.restore()
         try:
             counter, notes = _fake_count(root, step, inputs, backward)
             method = METHOD_FAKE
@@ -211,7 +226,53 @@ def sharded(module: torch.nn.Module) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------- the two counts
+# ---------------------------------------------------------------------------------------------- the three counts
+def _meta_count(root: torch.nn.Module, step, inputs, backward: str) -> tuple[Counter | _StockCounter, _Notes]:
+    """The step on meta tensors: shapes and dtypes only, with the ops' own meta kernels (no dispatch mode of their
+    own: faster than fake tensors warm, a third of their time as a process's first count). A step that
+    reads a value (`.item()`, a Python `if` on a tensor, a mask's nonzero), moves a tensor to a device, mixes in
+    a real tensor or calls a kernel torch picks by device (`_CHOSEN_BY_DEVICE`) fails here, and is counted on fake
+    tensors."""
+    metas: dict[int, torch.Tensor] = {}  # by the real tensor's id: a shared (tied) tensor gets one meta tensor
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in metas:
+            metas[id(t)] = torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
+        return metas[id(t)]
+
+    tensors = dict(root.named_parameters(remove_duplicate=False))
+    tensors.update(root.named_buffers(remove_duplicate=False))
+    swap = torch_compat.reparametrized(root, {name: meta(t) for name, t in tensors.items()})
+    if swap is None:
+        raise RuntimeError("torch cannot swap a module's parameters")
+    trained = [t for t in metas.values() if t.requires_grad]
+    meta_inputs = _map_tensors(inputs, lambda t: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad))
+    counter = new_counter(root)
+    with swap, _NoDeviceChoice(), counter:
+        notes = _forward_backward(step, meta_inputs, trained, backward)
+    return counter, notes
+
+
+#: Functions whose kernels torch picks by device, so that the ops they run (and count) differ: on meta they run their
+#: generic decomposition (an attention's backward then skips gradients that the fused CPU and CUDA kernels compute,
+#: an LSTM runs matrix products where cuDNN or oneDNN run one kernel). A step that calls one is counted on fake tensors,
+#: which keep the real device.
+_CHOSEN_BY_DEVICE = frozenset({
+    "scaled_dot_product_attention", "flex_attention", "multi_head_attention_forward", "_native_multi_head_attention",
+    "_transformer_encoder_layer_fwd", "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+    "rnn_relu_cell",
+})
+
+
+class _NoDeviceChoice(torch.overrides.TorchFunctionMode):
+    """Stops a meta count at the first function of `_CHOSEN_BY_DEVICE`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in _CHOSEN_BY_DEVICE:
+            raise RuntimeError(f"{func.__name__} picks its kernels by device")
+        return func(*args, **(kwargs or {}))
+
+
 def _fake_count(root: torch.nn.Module, step, inputs, backward: str) -> tuple[Counter | _StockCounter, _Notes]:
     # Token ids, masks and labels keep their values (small next to the model): a step that branches on them counts.
     largest_index = max((t.numel() for t in _tensors(inputs) if _is_index(t)), default=0)

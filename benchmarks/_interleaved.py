@@ -45,6 +45,30 @@ def hook_figures(per_step: list[float]) -> dict[str, float]:
             "hook_mean": statistics.fmean(ordered)}
 
 
+def in_place_result(runs: list[dict], floors: list[dict]) -> dict:
+    """What `print_in_place` shows of tracked runs timed in place (each run's `hook_figures` and fixed cost's
+    parts, the process's first run first) and of floor runs (the same timers around empty calls)."""
+    return {"in_place": {key: statistics.median(run[key] for run in runs[1:]) for key in HOOK_KEYS},
+            "first_fit": runs[0], "floor_us": 1e6 * statistics.median(run["hook_median"] for run in floors)}
+
+
+def print_in_place(title: str, rows: list[tuple[str, dict]]) -> None:
+    """A table of our work timed in place, one row per `(label, result)`: `result["in_place"]` the median fit's
+    figures (`hook_figures` and the fixed cost's parts), `result["first_fit"]` the process's first fit's,
+    `result["floor_us"]` what the timers read around empty calls."""
+    print(f"\n{title}")
+    print("| | per step median (floor; ours) | p99 | mean | fixed, median fit: start + count + end "
+          "| fixed, the process's first fit |")
+    print("|---|---|---|---|---|---|")
+    for label, r in rows:
+        fixed = [f"{1e3 * (f['start'] + f['first_hook'] + f['end']):.1f} ms: {1e3 * f['start']:.1f} + "
+                 f"{1e3 * f['first_hook']:.1f} + {1e3 * f['end']:.1f}" for f in (r["in_place"], r["first_fit"])]
+        median_us = 1e6 * r["in_place"]["hook_median"]
+        print(f"| {label} | {median_us:.1f} us ({r['floor_us']:.1f}; {median_us - r['floor_us']:.1f}) | "
+              f"{1e6 * r['in_place']['hook_p99']:.1f} us | {1e6 * r['in_place']['hook_mean']:.1f} us | {fixed[0]} | "
+              f"{fixed[1]} |")
+
+
 def print_hooks(figures: dict[str, float], baseline_step: float, closes: str, floor: float, first: dict) -> None:
     """Our hooks alone, timed inside the run: per step (median, p99, mean; beside `floor`, the median the same
     timers read around empty hooks) and the fixed cost, broken down: the median fit's, and the process's first

@@ -4,8 +4,11 @@ For each model size, the same jitted step runs `--steps` steps bare and `--steps
 meter, default 50-step interval), back to back in alternating order, `--repeats` times after a warm-up; the
 overhead is the median of the pairs' ratios. A third measurement times the wrapper alone around a Python no-op step
 with the same arguments, which gives its cost per step in microseconds without the noise of the step itself.
+Before them, `--timed-fits` runs with a fresh tracked step each (each counts its FLOPs) time our work in place:
+`_after_step` on every step, the run's start and `close` (the fixed cost), beside as many floor runs (the same
+timers around an empty call).
 
-Usage: python benchmarks/overhead_flax.py [--steps 200] [--repeats 5] [--markdown]
+Usage: python benchmarks/overhead_flax.py [--steps 200] [--repeats 5] [--markdown] [--timed-fits 4]
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import jax
 import optax
 from flax.training import train_state
 
-from carbon_callbacks.flax import track
+from carbon_callbacks._run.session import RunSession
+from carbon_callbacks.flax import TrackedStep, track
 from carbon_callbacks.flops import transformer_flops
 from carbon_callbacks.models import DENSE
 from carbon_callbacks.models.flax_gpt import GPT, loss_fn, random_batch
+
+from _interleaved import hook_figures, in_place_result, print_in_place
 
 SIZES = {
     "DENSE (reference)": DENSE,
@@ -94,6 +100,53 @@ def wrapper_cost(step_fn, state, tokens, targets, steps: int, repeats: int, out_
     return statistics.median(tracked_s) - statistics.median(bare_s)
 
 
+class TimedStep(TrackedStep):
+    """`track`'s step with our work timed in place: the run's start (the first call), `_after_step` on every step
+    (the first holds the FLOP count) and `close`. `floor=True` times an empty call in `_after_step`'s place."""
+
+    def __init__(self, train_step, out_dir: str, floor: bool = False) -> None:
+        super().__init__(train_step, RunSession(region="us-central1", output_dir=out_dir))
+        self.floor, self.after_s, self.start_s, self.end_s = floor, [], 0.0, 0.0
+
+    def _start(self, args):
+        start = time.perf_counter()
+        super()._start(args)
+        self.start_s = time.perf_counter() - start
+
+    def _after_step(self, out, args, kwargs):
+        start = time.perf_counter()
+        tracked = None if self.floor else super()._after_step(out, args, kwargs)
+        self.after_s.append(time.perf_counter() - start)
+        return tracked
+
+    def close(self, status=None):
+        start = time.perf_counter()
+        closed = super().close(status)
+        self.end_s = time.perf_counter() - start
+        return closed
+
+    def figures(self) -> dict[str, float]:
+        return {**hook_figures(self.after_s[1:]), "first_hook": self.after_s[0], "start": self.start_s,
+                "end": self.end_s}
+
+
+def in_place(config, steps: int, fits: int, out_dir: str) -> dict:
+    """Our work timed in place over `fits` runs of `steps` steps, each a new step function jitted and tracked (it
+    counts its FLOPs, and its jit cache starts empty, as in a new script), beside as many floor runs; the first is
+    the process's first."""
+    runs, floors = [], []
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for _ in range(fits):
+            for floor, out in ((False, runs), (True, floors)):
+                train_step, state, tokens, targets = build(config)
+                tracked = TimedStep(jax.jit(train_step), out_dir, floor=floor)
+                _, state = timed(tracked, state, tokens, targets, steps)
+                tracked.close()
+                out.append(tracked.figures())
+    return in_place_result(runs, floors)
+
+
 def measure(name: str, config, steps: int, repeats: int, out_dir: str) -> dict:
     train_step, state, tokens, targets = build(config)
     bare = jax.jit(train_step)
@@ -139,10 +192,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--timed-fits", type=int, default=4, help="runs timed in place, and as many floor runs")
     args = parser.parse_args()
-    rows = []
+    rows, timed_rows = [], []
     with tempfile.TemporaryDirectory() as out_dir:
         for name, config in SIZES.items():
+            timed_rows.append((name, in_place(config, args.steps, args.timed_fits, out_dir)))
             rows.append(measure(name, config, args.steps, args.repeats, out_dir))
     header = ["model", "params", "bare ms/step", "tracked ms/step", "ratio", "wrapper us/step (jitted)",
               "as % of bare step", "wrapper us/step (not jitted)"]
@@ -169,6 +224,9 @@ def main() -> None:
             print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s); "
           f"{args.steps} steps x {args.repeats} repeats, medians")
+    print_in_place(f"Our work timed in place (`_after_step`), {args.timed_fits} runs of {args.steps} steps per "
+                   "model, medians of the runs after the process's first; floor: the same timers around an empty "
+                   "call", timed_rows)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ a warm-up fit that compiles the step. Two times per fit:
   callback's own epoch-end work). This is the per-step overhead; a timing callback that only overrides
   `on_train_batch_begin` and `on_epoch_end` takes it, so the baseline keeps Keras's asynchronous dispatch.
 - hook: `on_train_batch_end` alone, called 20,000 times as Keras calls it (µs per call, meter reads included).
+- in place: `--timed-fits` fits with a fresh callback each (so each counts its FLOPs) whose per-step work is timed
+  where Keras runs it (`_before_batch` as the train function takes a batch, `on_train_batch_end`, `_after_call`),
+  beside as many floor fits (the same timers around empty calls); the fixed cost is `on_train_begin`, the first
+  batch's work (its FLOP count) and `on_train_end`. The first of them is the process's first tracked fit.
 - fit: the whole `fit` call, which adds the callback's once-per-fit work (meter, run files, the printed report).
 - CodeCarbon: the same fit with `codecarbon.OfflineEmissionsTracker` started before and stopped after it (the
   `[bench]` extra; skipped when it is not installed), in the same interleaved run.
@@ -19,12 +23,13 @@ The ratio reported is median(with) / median(without) over `--repeats` interleave
 
 Usage:
     python benchmarks/overhead_keras.py [--backends tensorflow jax torch] [--steps 200] [--repeats 5]
-        [--size small|medium]
+        [--size small|medium] [--timed-fits 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from _interleaved import hook_figures, in_place_result, print_in_place
 
 SIZES = {
     # The reference DENSE model of the tests: a few ms per step on a laptop CPU.
@@ -41,7 +48,11 @@ SIZES = {
 }
 
 
-def worker(steps: int, repeats: int, size: str) -> dict:
+#: Where our per-step work runs in a Keras fit (`Timed`).
+PER_STEP = ("_before_batch", "on_train_batch_end", "_after_call")
+
+
+def worker(steps: int, repeats: int, size: str, timed_fits: int = 4) -> dict:
     """Runs in a process whose `KERAS_BACKEND` is set; returns the timings."""
     import contextlib
     import io
@@ -88,9 +99,50 @@ def worker(steps: int, repeats: int, size: str) -> dict:
             tracker.stop()
         return clock.seconds, time.perf_counter() - begin
 
+    def timed(method, per_step: bool):
+        """`method` of `CarbonCallback`, timed into `self.times`; on a floor callback, per-step ones time nothing."""
+
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            result = None if per_step and self.floor else method(self, *args, **kwargs)
+            self.times[method.__name__].append(time.perf_counter() - start)
+            return result
+
+        return run
+
+    class Timed(CarbonCallback):
+        """Our work timed where Keras runs it: per step, `_before_batch` (the main thread, as the train function
+        takes a batch; the first holds the FLOP count), `on_train_batch_end` and `_after_call`; and the ends.
+        `floor=True` times empty calls in the same places: what the timers themselves read."""
+
+        def __init__(self, floor: bool = False, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.floor = floor
+            self.times: dict[str, list[float]] = collections.defaultdict(list)
+
+        on_train_begin = timed(CarbonCallback.on_train_begin, per_step=False)
+        on_train_end = timed(CarbonCallback.on_train_end, per_step=False)
+        _before_batch = timed(CarbonCallback._before_batch, per_step=True)
+        on_train_batch_end = timed(CarbonCallback.on_train_batch_end, per_step=True)
+        _after_call = timed(CarbonCallback._after_call, per_step=True)
+
+        def figures(self) -> dict[str, float]:
+            places = [self.times[name] for name in PER_STEP if self.times[name]]
+            per_step = [sum(place[i] for place in places) for i in range(min(map(len, places)))]
+            return {**hook_figures(per_step[1:]), "first_hook": per_step[0],
+                    "start": self.times["on_train_begin"][0], "end": self.times["on_train_end"][0]}
+
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # each fit writes its run to ./carbon-runs/<timestamp>
         one_fit(None)  # compiles the step
+        # Our work timed in place: fresh callbacks (each counts its FLOPs), alternating with floor fits; the first
+        # is the process's first tracked fit.
+        in_place, floors = [], []
+        for _ in range(timed_fits):
+            for floor, out in ((False, in_place), (True, floors)):
+                callback = Timed(floor=floor, intensity=0.4)
+                one_fit(callback)
+                out.append(callback.figures())
         base_first = one_fit(None)[1]
         # One callback for every fit: its FLOP count (a trace, once per batch shape) is then paid once, here.
         callback = CarbonCallback(intensity=0.4)
@@ -127,6 +179,7 @@ def worker(steps: int, repeats: int, size: str) -> dict:
             hook_us = 1e6 * (time.perf_counter() - begin) / calls
             hook.on_train_end()
     return {
+        **in_place_result(in_place, floors),
         "hook_us_per_call": hook_us,
         "first_fit_extra_s": first_fit - base_first,
         "backend": keras.backend.backend(),
@@ -148,24 +201,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--timed-fits", type=int, default=4, help="fits timed in place, and as many floor fits")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.steps, args.repeats, args.size)))
+        print("RESULT " + json.dumps(worker(args.steps, args.repeats, args.size, args.timed_fits)))
         return
     print("| backend | size | steps x repeats | ms/step without | ms/step with | step-time ratio | fit ratio "
           "| first fit extra s | hook µs/call | CodeCarbon step ratio | CodeCarbon fit ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    in_place = []
     for backend in args.backends:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         command = [sys.executable, __file__, "--worker", "--steps", str(args.steps), "--repeats", str(args.repeats),
-                   "--size", args.size]
+                   "--size", args.size, "--timed-fits", str(args.timed_fits)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
             print(f"| {backend} | failed: {done.stderr.strip().splitlines()[-1:]} |")
             continue
         r = json.loads(lines[-1][len("RESULT "):])
+        in_place.append(r)
         print(
             f"| {r['backend']} | {r['size']} | {r['steps']} x {r['repeats']} | {r['step_ms_without']:.2f} | "
             f"{r['step_ms_with']:.2f} | {r['step_ratio']:.4f} | {r['fit_ratio']:.4f} | {r['first_fit_extra_s']:.2f} | "
@@ -173,6 +229,10 @@ def main() -> None:
             f"{_ratio(r['codecarbon_fit_ratio'])} |",
             flush=True,
         )
+
+    print_in_place("Our work timed in place (per step: `_before_batch` + `on_train_batch_end` + `_after_call`), "
+                   "medians of the fits after the process's first; floor: the same timers around empty calls",
+                   [(r["backend"], r) for r in in_place])
 
 
 def _ratio(value) -> str:

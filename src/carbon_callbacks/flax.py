@@ -23,6 +23,7 @@ from carbon_callbacks._run.step_flops import (
     attention_mask,
     find_model_config,
     sequence_lengths,
+    token_layout,
     token_shape,
 )
 from carbon_callbacks._run.step_output import add_metrics, find_loss
@@ -107,8 +108,7 @@ class TrackedStep:
         session = self.session
         if not session.running:
             return None
-        lengths = next((n for n in map(sequence_lengths, args) if n is not None), None)
-        flops = self._flops_for(args, kwargs, lengths is not None)
+        flops, lengths = self._flops_for(args, kwargs)
         self.counters = self.counters._replace(steps=self.counters.steps + 1)
         session.step_end(flops=flops, real_tokens=lengths, loss=find_loss(out), step=self.counters.steps,
                          outputs=out)
@@ -141,30 +141,34 @@ class TrackedStep:
         self._cache_was_empty = _jax.jit_cache_size(self.__wrapped__) == 0
         self._only, self._last_cache_size = None, None
 
-    def _flops_for(self, args: tuple, kwargs: dict, masked: bool = False) -> StepFlops | None:
-        """This step's FLOPs and tokens, counted once per distinct input signature.
+    def _flops_for(self, args: tuple, kwargs: dict) -> tuple[StepFlops | None, Any]:
+        """This step's FLOPs and tokens, counted once per distinct input signature, and the real tokens of its
+        sequences (`sequence_lengths` of the argument that says where they are, or `None`).
 
         Called after the step was dispatched: tracing needs only shapes and dtypes, which donated (deleted)
-        arrays keep. The signature (a tree flatten, tens of microseconds for a large state) is skipped while the
-        jitted step's own cache shows that it ran a computation compiled for the one signature seen so far.
+        arrays keep. The signature (a tree flatten, tens of microseconds for a large state) and the search for the
+        argument with the mask are skipped while the jitted step's own cache shows that it ran a computation
+        compiled for the one signature seen so far.
         """
         size = _jax.jit_cache_size(self.__wrapped__)
         if self._only is not None and size is not None and size == self._last_cache_size:
-            return self._only
+            flops, index = self._only
+            return flops, None if index is None else sequence_lengths(args[index])
+        index = next((i for i, arg in enumerate(args) if token_layout(arg) is not None), None)
         key = _jax.step_signature(args, kwargs)
         if key not in self._seen:
             self._seen.add(key)
             self.counters = self.counters._replace(signatures=self.counters.signatures + 1)
         probe = None
-        if masked:  # the model FLOPs of one sequence by its length: the batch argument cut to one sequence
-            index, batch = next((i, a) for i, a in enumerate(args) if attention_mask(a) is not None)
-            probe = SequenceProbe(batch, attention_mask(batch), lambda cut: self._count(
+        mask = None if index is None else attention_mask(args[index])
+        if mask is not None:  # the model FLOPs of one sequence by its length: the batch argument cut to one sequence
+            probe = SequenceProbe(args[index], mask, lambda cut: self._count(
                 (*args[:index], cut, *args[index + 1:]), kwargs))
         flops = self.session.count(key, lambda: self._count(args, kwargs),
                                    lambda: token_shape(_jax.token_leaves(args)), probe=probe)
         self._last_cache_size = size
-        self._only = flops if len(self._seen) == 1 and self._cache_was_empty else None
-        return flops
+        self._only = (flops, index) if len(self._seen) == 1 and self._cache_was_empty else None
+        return flops, None if index is None else sequence_lengths(args[index])
 
     def _count(self, args: tuple, kwargs: dict):
         """The traced step's FLOPs; a mesh over several processes is traced whole by each: this one's share."""

@@ -19,8 +19,16 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
 
 from carbon_callbacks._compat import keras as _keras
 from carbon_callbacks._run.session import RunSession, guarded, status_at_exit
-from carbon_callbacks._run.step_flops import BatchPass, SequenceProbe, attention_mask, token_shape
+from carbon_callbacks._run.step_flops import (
+    BatchPass,
+    SequenceProbe,
+    array_leaves,
+    attention_mask,
+    batch_key,
+    token_shape,
+)
 from carbon_callbacks._site.trace import IntensityTrace
+from carbon_callbacks.flops import count
 
 #: Steps per logging interval when `log_every_n_steps` is not given. Keras has no logging interval of its own (its
 #: progress bar redraws every batch), so this is Lightning's `Trainer(log_every_n_steps=50)` default,
@@ -29,6 +37,8 @@ DEFAULT_LOG_EVERY_N_STEPS = 50
 #: Longest wait, in s, for a batch end Keras has queued but not yet run (each waits for its step only): at
 #: `finish`, and for the batch end before one that came out of order.
 PENDING_WAIT_S = 30.0
+#: The pass of a batch whose FLOPs could not be counted.
+_NOT_COUNTED = BatchPass(None)
 
 
 class CarbonCallback(keras.callbacks.Callback):
@@ -215,7 +225,8 @@ class CarbonCallback(keras.callbacks.Callback):
             end = batch + 1 if not limit else min(batch + 1, limit)
             # Keras's worker threads may run batch ends out of order: each waits for the one before it.
             before = self._first_of.pop(end, self._ended)
-            self._lock.wait_for(lambda: self._ended >= before, timeout=PENDING_WAIT_S)
+            if self._ended < before:
+                self._lock.wait_for(lambda: self._ended >= before, timeout=PENDING_WAIT_S)
             first = self._ended
             try:
                 if end > first and self.session.running:
@@ -291,8 +302,8 @@ class CarbonCallback(keras.callbacks.Callback):
 
     def _passes_of_steps(self, first: int, end: int) -> list[BatchPass]:
         """The passes of the epoch's batches `first` to `end - 1`, which just ran."""
-        if keras.backend.backend() != "tensorflow" or self._tf_observed:
-            return [self._counted.pop(i, BatchPass(None)) for i in range(first, end)]
+        if self._tf_sizes is None or self._tf_observed:  # not TensorFlow, or its batches seen one by one
+            return [self._counted.pop(i, _NOT_COUNTED) for i in range(first, end)]
         sizes = self._tf_sizes.sizes(end, end - first)
         if sizes is None:
             self.session.warn("tf-shape", "carbon-callbacks: the batch shape of this TensorFlow fit is unknown; "
@@ -304,11 +315,7 @@ class CarbonCallback(keras.callbacks.Callback):
     def _count(self, x, replicas: int = 1, mask=None):
         """One step's figures on inputs `x`, counted once per shape by the session; with the `mask` of its real
         tokens, the model FLOPs of one sequence by its length too."""
-        from carbon_callbacks.flops import count
-
-        key = tuple((tuple(a.shape), str(a.dtype)) for a in keras.tree.flatten(x))
         probe = None if mask is None else SequenceProbe(x, mask, lambda cut: count(self._trained, cut,
                                                                                    framework="keras"))
-        return self.session.count(key, lambda: count(self._trained, x, framework="keras"),
-                                  lambda: token_shape((shape, "int" in dtype) for shape, dtype in key),
-                                  replicas=replicas, probe=probe)
+        return self.session.count(batch_key(x), lambda: count(self._trained, x, framework="keras"),
+                                  lambda: token_shape(array_leaves(x)), replicas=replicas, probe=probe)

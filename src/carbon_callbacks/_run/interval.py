@@ -60,6 +60,10 @@ class OpenInterval:
 
     def last_step(self) -> tuple[Sequence[BatchPass], int] | None:
         """`(passes, steps they cover)` of the last step that brought passes, this interval's or the one before's."""
+        if self.entries:  # per step: the last entry, in most runs
+            passes, steps, _ = self.entries[-1]
+            if passes:
+                return passes, steps
         return next(((passes, n) for passes, n, _ in reversed(self.entries) if passes), self._last)
 
     def measure(self, device_sync: Callable[[Any], None] | None) -> None:

@@ -22,12 +22,20 @@ def _with_carbon(metrics: Mapping, carbon: dict[str, float]) -> Mapping:
         return merged
 
 
+def _metrics_of(out: Any) -> Mapping | None:
+    """The step's metrics: `out` if it is a mapping, the mapping that ends it if it is a tuple, else `None` (per
+    step: the tuple test first, before the mapping ABC's check)."""
+    metrics = (out[-1] if out else None) if isinstance(out, tuple) else out
+    return metrics if type(metrics) is dict or isinstance(metrics, Mapping) else None
+
+
 def add_metrics(out: Any, carbon: dict[str, float]) -> Any:
     """Adds `carbon` to the step's metrics: a bare metrics dict (common with NNX), or the dict that ends a tuple."""
-    if isinstance(out, Mapping):
-        return _with_carbon(out, carbon)
-    if not isinstance(out, tuple) or not out or not isinstance(out[-1], Mapping):
+    metrics = _metrics_of(out)
+    if metrics is None:
         return out
+    if metrics is out:
+        return _with_carbon(out, carbon)
     merged = _with_carbon(out[-1], carbon)
     if merged is out[-1]:
         return out
@@ -42,8 +50,8 @@ def find_loss(out: Any) -> Any:
     The session keeps it as it is and converts it to a float only when the interval closes, after the device
     sync, so reading the loss never makes a step wait.
     """
-    metrics = out if isinstance(out, Mapping) else out[-1] if isinstance(out, tuple) and out else None
-    if isinstance(metrics, Mapping):
+    metrics = _metrics_of(out)
+    if metrics is not None:
         loss = metrics.get("loss")
         if isinstance(loss, (int, float)) or getattr(loss, "shape", None) == ():
             return loss

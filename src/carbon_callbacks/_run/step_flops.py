@@ -80,7 +80,8 @@ class BatchPass(NamedTuple):
 
 
 def _is_mapping(value: Any) -> bool:
-    return type(value) is dict or isinstance(value, Mapping)  # the ABC check only for other mappings (per step)
+    """Whether `value` is a mapping; per step, a dict or an array (a `shape`) is told apart before the ABC's check."""
+    return type(value) is dict or getattr(value, "shape", None) is None and isinstance(value, Mapping)
 
 
 def batch_key(batch: Any, depth: int = 0) -> tuple:
@@ -131,8 +132,6 @@ def attention_mask(batch: Any) -> Any:
 
     Its sum is the batch's tokens without padding; it is summed on its device, read when an interval closes.
     """
-    if getattr(batch, "shape", None) is not None:  # an array (per step: before the mapping ABC's check)
-        return None
     for candidate in (batch, *(batch if isinstance(batch, (list, tuple)) else ())):
         if _is_mapping(candidate):
             for key in MASK_KEYS:
@@ -170,8 +169,6 @@ class PackedSequences:
 def token_layout(batch: Any) -> Any:
     """Where a batch's real tokens are: its 2-D mask (`attention_mask`), a `PackedSequences` (no mask, 2-D
     `position_ids`), or `None`."""
-    if getattr(batch, "shape", None) is not None:  # an array (per step: before the mapping ABC's checks)
-        return None
     mask = attention_mask(batch)
     if mask is not None:
         return mask

@@ -246,7 +246,7 @@ def _meta_count(root: torch.nn.Module, step, inputs, backward: str) -> tuple[Cou
     if swap is None:
         raise RuntimeError("torch cannot swap a module's parameters")
     trained = [t for t in metas.values() if t.requires_grad]
-    meta_inputs = _map_tensors(inputs, lambda t: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad))
+    meta_inputs = _map_tensors(inputs, meta)
     counter = new_counter(root)
     with swap, _NoDeviceChoice(), counter:
         notes = _forward_backward(step, meta_inputs, trained, backward)
